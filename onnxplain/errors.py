@@ -1,0 +1,33 @@
+"""Errors a user can cause: one sentence saying what is wrong and what to do.
+
+The CLI prints the sentence and exits 2; anything that is not a UserError is a
+bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Base of every error caused by the user's input, not by onnxplain."""
+
+
+class ModelError(UserError):
+    """The model file is missing, is not ONNX, is truncated or is unsafe to load."""
+
+
+class ImageError(UserError):
+    """An image could not be decoded or does not fit the model's input."""
+
+
+class TensorNameError(UserError):
+    """A tensor (layer) name that the model does not contain."""
+
+
+class TargetError(UserError):
+    """A target that the model's outputs cannot provide (class out of range, bad spec)."""
+
+
+class MethodError(UserError):
+    """An unknown method, a bad parameter, or a method the model cannot support."""
+
+
+class DeviceError(UserError):
+    """A device was asked for that cannot be used here."""

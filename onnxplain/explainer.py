@@ -1,0 +1,203 @@
+"""The Explainer: one loaded model, its sessions and (lazily) its torch module, behind one API."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import methods as method_registry
+from .errors import DeviceError, MethodError, UserError
+from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
+from .methods.base import Attribution, Method
+from .model import Model
+from .runtime import Runtime, choose_providers
+from .surgery import Split, split
+from .targets import Target, resolve
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image on one output."""
+    image_name: str
+    output: str
+    top: list[tuple[int, str, float, float]]  # (index, name, score, probability)
+
+    def as_dict(self) -> dict:
+        return {"image": self.image_name, "output": self.output,
+                "top": [{"index": i, "name": n, "score": s, "probability": p} for i, n, s, p in self.top]}
+
+
+def read_labels(source: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
+    """Class names from a text file (one per line) or a JSON list, or a list given directly."""
+    if source is None:
+        return None
+    if isinstance(source, (list, tuple)):
+        return [str(s) for s in source]
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"Label file '{path}' does not exist; pass a text file with one class name per line.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        import json
+        data = json.loads(text)
+        return [str(v) for v in (data.values() if isinstance(data, dict) else data)]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class Explainer:
+    """Explain one ONNX image model: predictions, heatmaps by any registered method, on CPU or CUDA.
+
+    `preprocess` is a preset name or a Preprocess; when None, the model's metadata
+    (`onnxplain.preset`) or `imagenet` is used. Labels come from `labels`, or from the
+    model's metadata (`onnxplain.labels`, a file beside the model).
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes | Model, preprocess: str | Preprocess | None = None,
+                 device: str = "auto", labels: str | os.PathLike | Sequence[str] | None = None,
+                 batch_size: int = 32, quiet: bool = False, input_name: str | None = None,
+                 input_size: tuple[int, int] | None = None):
+        self.model = Model.load(model)
+        meta = self.model.metadata
+        self.input = next((i for i in self.model.inputs if i.name == input_name), self.model.inputs[0]) \
+            if self.model.inputs else None
+        if self.input is None:
+            raise UserError("The model has no inputs to feed an image to.")
+        if input_name and self.input.name != input_name:
+            raise UserError(f"The model has no input named '{input_name}'.")
+        self.spec = InputSpec.from_shape(self.input.name, self.input.shape)
+        self.preprocess = preset(preprocess or meta.get("onnxplain.preset", "imagenet"), size=input_size)
+        self.labels = read_labels(labels if labels is not None else self._metadata_labels())
+        self.providers = choose_providers(device)
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        if device == "auto" and self.device == "cpu":
+            self.torch_device = _torch_cuda_or_cpu()
+        else:
+            self.torch_device = self.device
+        self.quiet = quiet
+        self.runtime = Runtime(self.model.proto, self.providers, batch_size=batch_size, quiet=quiet)
+        self._module = None
+        self._splits: dict[str, tuple[Split, Runtime]] = {}
+
+    def _metadata_labels(self) -> str | None:
+        name = self.model.metadata.get("onnxplain.labels")
+        if name and self.model.path is not None:
+            path = (self.model.path.parent / name).resolve()
+            if path.parent == self.model.path.parent.resolve() and path.is_file():
+                return str(path)
+        return None
+
+    # ---- forward passes -------------------------------------------------------------------
+    def prepare(self, images: Sequence[ImageSource] | ImageSource | Prepared) -> Prepared:
+        """Decode and preprocess images into one batch (a Prepared batch passes through)."""
+        if isinstance(images, Prepared):
+            return images
+        if isinstance(images, (str, os.PathLike, bytes)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]
+        return prepare(list(images), self.spec, self.preprocess)
+
+    def forward(self, batch: Prepared, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Model outputs plus the requested tensors for the batch, computed once and kept in batch.cache."""
+        wanted = list(dict.fromkeys(list(self.runtime.output_names) + list(outputs)))
+        missing = [n for n in wanted if n not in batch.cache]
+        if missing:
+            self.model.check_names(missing)
+            batch.cache.update(self.runtime.run(batch.x, missing))
+        return {n: batch.cache[n] for n in wanted}
+
+    def run(self, x: np.ndarray, outputs: Sequence[str] | None = None, desc: str | None = None) -> dict:
+        """Run arbitrary inputs (e.g. perturbed copies) through the model, batched."""
+        return self.runtime.run(x, outputs, desc=desc)
+
+    def output_name(self, output: str | None) -> str:
+        names = [o.name for o in self.model.outputs]
+        if output is None:
+            return names[0]
+        if output not in names:
+            raise UserError(f"The model has no output named '{output}' (outputs: {', '.join(names)}).")
+        return output
+
+    def tail(self, layer: str) -> tuple[Split, Runtime]:
+        """The model split at `layer` and a runtime for its tail, built once per layer."""
+        if layer not in self._splits:
+            cut = split(self.model.proto, layer)
+            self._splits[layer] = (cut, Runtime(cut.tail, self.providers, self.runtime.batch_size, self.quiet))
+        return self._splits[layer]
+
+    @property
+    def module(self):
+        """The OnnxModule converted from this model, on the torch device (built once)."""
+        if self._module is None:
+            try:
+                import onnxtorch
+            except ImportError as exc:  # pragma: no cover - the converter ships with onnxplain
+                raise MethodError(f"The torch converter cannot be imported ({exc}).") from None
+            try:
+                self._module = onnxtorch.to_torch(self.model.proto).to(self.torch_device).eval()
+            except onnxtorch.UnsupportedOp as exc:
+                ort_methods = ", ".join(m["name"] for m in method_registry.list_methods() if m["engine"] == "ort")
+                raise MethodError(f"{exc} Gradient methods need the converter; these methods still work: "
+                                  f"{ort_methods}.") from None
+        return self._module
+
+    # ---- public API -----------------------------------------------------------------------
+    def predict(self, images, top: int = 5, output: str | None = None) -> list[Prediction]:
+        """Top-k classes with names (when labels are known) and probabilities for each image."""
+        batch = self.prepare(images)
+        output = self.output_name(output)
+        scores = self.forward(batch)[output].reshape(len(batch), -1)
+        results = []
+        for name, row in zip(batch.names, scores):
+            probs = _softmax(row)
+            order = np.argsort(-row)[:top]
+            results.append(Prediction(name, output, [(int(i), self.label(int(i)), float(row[i]), float(probs[i]))
+                                                     for i in order]))
+        return results
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels and index < len(self.labels) else ""
+
+    def explain(self, images, method: str = "grad-cam", target: Any = "predicted", layer: str | None = "auto",
+                output: str | None = None, probability: bool = False, **params) -> list[Attribution]:
+        """Explain each image for its target(s) with one method; one Attribution per image and target."""
+        cls = method_registry.get(method)
+        method_params = cls.make_params(**params)
+        batch = self.prepare(images)
+        output = self.output_name(output)
+        layer_name = self.model.resolve_layer(layer, output) if cls.uses_layer else None
+        if layer_name is not None and cls.engine == "ort":
+            self.model.spatial_info(layer_name)
+        exposed = [layer_name] if layer_name is not None and cls.engine == "ort" else []
+        scores = self.forward(batch, exposed)[output]
+        per_image = resolve(target, scores, output, self.labels, probability)
+        index = [i for i, targets in enumerate(per_image) for _ in targets]
+        flat_targets: list[Target] = [t for targets in per_image for t in targets]
+        work = batch if len(index) == len(batch) else batch.select(index)
+        raw = cls(method_params).explain(self, work, flat_targets, layer_name)
+        return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], raw.extras[i], output)
+                for i, t in enumerate(flat_targets)]
+
+    def _attribution(self, cls: type[Method], params: Any, batch: Prepared, i: int, target: Target,
+                     layer: str | None, raw: np.ndarray, extras: dict, output: str) -> Attribution:
+        import cv2
+        h, w = batch.hw
+        upsampled = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR) if raw.shape != (h, w) else raw
+        return Attribution(method=cls.name, params=asdict(params), target=target.describe(), layer=layer,
+                           raw=raw, upsampled=upsampled, heatmap=batch.pixel_maps[i].to_original(upsampled),
+                           scores=batch.cache[output][i], image=batch.originals[i],
+                           image_name=batch.names[i], extras=extras)
+
+
+def _softmax(row: np.ndarray) -> np.ndarray:
+    e = np.exp(row - row.max())
+    return e / e.sum()
+
+
+def _torch_cuda_or_cpu() -> str:
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"

@@ -1,0 +1,441 @@
+"""Model: an ONNX file loaded once, validated, and indexed by tensor name.
+
+Tensor names are the addresses of everything else: layers, taps, split points
+and targets are the output names of nodes, as `onnxplain inspect` lists them.
+The Model is immutable after load; surgery returns new ModelProto objects.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, numpy_helper, shape_inference
+
+from .errors import ModelError, TensorNameError
+
+Dim = int | str | None
+# Ops whose output is not a computed layer: constants, shape bookkeeping, weight plumbing.
+NON_LAYER_OPS = {"Constant", "ConstantOfShape", "Shape", "Size", "Identity", "Cast", "CastLike", "Range",
+                 "Dropout", "Unsqueeze", "Squeeze", "Gather", "Concat", "Slice", "Reshape", "Flatten",
+                 "Transpose", "Expand", "Split", "Pad"}
+CHANNEL_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+               "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize",
+               "Upsample", "DepthToSpace", "SpaceToDepth", "LRN", "MaxUnpool", "PRelu"}
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the graph: who produces it and what it holds."""
+    name: str
+    op_type: str          # producing op; "input" for graph inputs, "weight" for weights
+    node_name: str
+    dtype: str
+    shape: tuple[Dim, ...] | None
+    scope: str = ""       # torch module path from dynamo metadata, when present
+    layout: str | None = None   # "NCHW", "NHWC" or "tokens" for spatial tensors
+    grid: tuple[int, int] | None = None  # (H, W) for token tensors
+    is_layer: bool = False
+
+    @property
+    def spatial(self) -> bool:
+        """True for maps with H, W > 1 (NCHW, NHWC) or token tensors with a square grid."""
+        return self.layout is not None
+
+    @property
+    def hw(self) -> tuple[int, int] | None:
+        """Spatial size (H, W), or None when not spatial or not known."""
+        if self.layout == "tokens":
+            return self.grid
+        if self.layout in ("NCHW", "NHWC") and self.shape:
+            h, w = (self.shape[2], self.shape[3]) if self.layout == "NCHW" else (self.shape[1], self.shape[2])
+            return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+        return None
+
+    @property
+    def channels(self) -> int | None:
+        """Channel count of a spatial tensor."""
+        if not self.spatial or not self.shape:
+            return None
+        c = self.shape[1] if self.layout == "NCHW" else self.shape[-1]
+        return c if isinstance(c, int) else None
+
+
+@dataclass(frozen=True)
+class IOInfo:
+    """A graph input or output: name, dtype and dims (symbolic dims by name, unknown as None)."""
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+
+def _dtype_name(elem_type: int) -> str:
+    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "unknown"
+
+
+def _dims(type_proto: onnx.TypeProto) -> tuple[Dim, ...] | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else
+                 (d.dim_param if d.dim_param and not d.dim_param.startswith("unk__") else None)
+                 for d in type_proto.tensor_type.shape.dim)
+
+
+def _read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    """Parse the protobuf without external data; say clearly when it is not an ONNX model."""
+    if isinstance(source, onnx.ModelProto):
+        return source, None
+    if isinstance(source, (bytes, bytearray)):
+        path, data = None, bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"Model file '{path}' does not exist; check the path.")
+        data = path.read_bytes()
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception:
+        raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} is not a valid ONNX "
+                         "model (it could not be parsed; it may be truncated or another format).") from None
+    if not proto.graph.node or not proto.opset_import:
+        raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} holds no ONNX graph; "
+                         "pass an .onnx file exported by a framework.")
+    return proto, path
+
+
+def _load_external_data(proto: onnx.ModelProto, folder: Path | None) -> None:
+    """Read external weights, refusing any location that escapes the model's folder."""
+    tensors = [t for t in external_data_helper._get_all_tensors(proto) if external_data_helper.uses_external_data(t)]
+    if not tensors:
+        return
+    if folder is None:
+        raise ModelError("The model keeps weights in external data files; load it from its path, not from bytes.")
+    root = folder.resolve()
+    for tensor in tensors:
+        location = next(e.value for e in tensor.external_data if e.key == "location")
+        target = (root / location).resolve()
+        if root not in target.parents and target != root:
+            raise ModelError(f"External data location '{location}' points outside the model's folder; "
+                             "refusing to read it (move the data file beside the model).")
+        if not target.is_file():
+            raise ModelError(f"External data file '{location}' is missing beside the model; "
+                             "copy it into the model's folder.")
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(root))
+    except Exception as exc:
+        raise ModelError(f"The model's external data could not be read ({exc}); the data file may be truncated.") \
+            from None
+
+
+class Model:
+    """An ONNX model loaded, checked and indexed; never modified after load."""
+
+    def __init__(self, proto: onnx.ModelProto, path: Path | None = None):
+        self.proto = proto
+        self.path = path
+        try:
+            onnx.checker.check_model(proto, full_check=False)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"The model fails ONNX's checker ({first}); re-export it or fix the graph.") from None
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto | "Model") -> "Model":
+        """Load from a path, bytes or a ModelProto; external data is read from the model's folder."""
+        if isinstance(source, Model):
+            return source
+        proto, path = _read_proto(source)
+        _load_external_data(proto, path.parent if path else None)
+        return cls(proto, path)
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def producer(self) -> str:
+        return f"{self.proto.producer_name} {self.proto.producer_version}".strip() or "unknown"
+
+    @property
+    def opset(self) -> int:
+        return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {p.key: p.value for p in self.proto.metadata_props}
+
+    @cached_property
+    def inputs(self) -> list[IOInfo]:
+        """Graph inputs that are fed at run time (initializers listed as inputs are weights)."""
+        weights = {t.name for t in self.proto.graph.initializer}
+        return [IOInfo(v.name, _dtype_name(v.type.tensor_type.elem_type), _dims(v.type) or ())
+                for v in self.proto.graph.input if v.name not in weights]
+
+    @cached_property
+    def outputs(self) -> list[IOInfo]:
+        return [IOInfo(v.name, _dtype_name(v.type.tensor_type.elem_type), self._output_shape(v))
+                for v in self.proto.graph.output]
+
+    def _output_shape(self, value: onnx.ValueInfoProto) -> tuple[Dim, ...]:
+        declared = _dims(value.type) or ()
+        probed = self.tensors[value.name].shape if value.name in self.tensors else None
+        if probed and len(probed) == len(declared):
+            return tuple(d if isinstance(d, int) and d > 0 or isinstance(d, str) else p
+                         for d, p in zip(declared, probed))
+        return probed or declared
+
+    # ---- weights --------------------------------------------------------------------------
+    @cached_property
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every weight by name: initializers, Constant tensors, and Identity nodes forwarding a weight."""
+        found = {t.name: numpy_helper.to_array(t) for t in self.proto.graph.initializer}
+        for node in self.proto.graph.node:
+            if node.op_type == "Constant":
+                attr = next((a for a in node.attribute if a.name == "value"), None)
+                if attr is not None and attr.t.dims:  # skip scalars: those are shape bookkeeping
+                    found[node.output[0]] = numpy_helper.to_array(attr.t)
+            elif node.op_type == "Identity" and node.input[0] in found:
+                found[node.output[0]] = found[node.input[0]]
+        return found
+
+    @cached_property
+    def weight_bytes(self) -> int:
+        unique = {id(a): a.nbytes for a in self.weights.values()}
+        return sum(unique.values())
+
+    # ---- tensor index ---------------------------------------------------------------------
+    @cached_property
+    def producers(self) -> dict[str, onnx.NodeProto]:
+        return {out: node for node in self.proto.graph.node for out in node.output if out}
+
+    @cached_property
+    def consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        found: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.proto.graph.node:
+            for name in set(node.input):
+                if name:
+                    found.setdefault(name, []).append(node)
+        return found
+
+    @cached_property
+    def input_dependent(self) -> set[str]:
+        """Tensors whose value depends on a graph input (the rest are constants)."""
+        live = {i.name for i in self.inputs}
+        for node in self.proto.graph.node:  # ONNX graphs are stored in topological order
+            if any(n in live for n in node.input):
+                live.update(o for o in node.output if o)
+        return live
+
+    @cached_property
+    def tensors(self) -> dict[str, TensorInfo]:
+        """Every input-dependent tensor: producing op, dtype, shape (inference + one probe run), layout."""
+        shapes = self._inferred_shapes()
+        probe = self._probe_shapes({n for n, s in shapes.items() if s is None or any(d is None for d in s[1])})
+        index: dict[str, TensorInfo] = {}
+        layouts: dict[str, str | None] = {}
+        for info in self.inputs:
+            layouts[info.name] = _input_layout(info.shape)
+            index[info.name] = _with_layout(TensorInfo(info.name, "input", "", info.dtype, info.shape),
+                                            layouts[info.name])
+        batch = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
+        for node in self.proto.graph.node:
+            scope = next((p.value for p in node.metadata_props if p.key == SCOPE_KEY), "")
+            for out in node.output:
+                if not out or out not in self.input_dependent:
+                    continue
+                dtype, shape = shapes.get(out) or ("unknown", None)
+                if out in probe:
+                    dtype, shape = probe[out][0], _merge_dims(shape, probe[out][1], batch)
+                layout = _propagate_layout(node, shape, layouts)
+                layouts[out] = layout
+                is_layer = node.op_type not in NON_LAYER_OPS and dtype.startswith("float")
+                index[out] = _with_layout(TensorInfo(out, node.op_type, node.name, dtype, shape, scope,
+                                                     is_layer=is_layer), layout if is_layer or shape else None)
+        return index
+
+    def _inferred_shapes(self) -> dict[str, tuple[str, tuple[Dim, ...] | None] | None]:
+        try:
+            inferred = shape_inference.infer_shapes(self.proto, strict_mode=False, data_prop=True)
+        except Exception:
+            inferred = self.proto
+        found: dict[str, tuple[str, tuple[Dim, ...] | None] | None] = {}
+        graph = inferred.graph
+        for value in list(graph.value_info) + list(graph.output) + list(graph.input):
+            dims = _dims(value.type)
+            found[value.name] = (_dtype_name(value.type.tensor_type.elem_type), dims)
+        for node in self.proto.graph.node:
+            for out in node.output:
+                found.setdefault(out, None)
+        return found
+
+    def _probe_shapes(self, unknown: set[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Shapes that inference left open, from one run on a dummy input of the real size."""
+        unknown &= self.input_dependent
+        if not unknown:
+            return {}
+        from .surgery import expose  # local: surgery imports this module
+        import onnxruntime as ort
+        names = [n for n in unknown if n not in {o.name for o in self.proto.graph.output}]
+        try:
+            session = ort.InferenceSession(expose(self.proto, names).SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+            feeds = {i.name: _dummy(i) for i in session.get_inputs()}
+            outs = [o.name for o in session.get_outputs()]
+            values = session.run(outs, feeds)
+        except Exception:
+            return {}
+        return {n: (v.dtype.name, tuple(v.shape)) for n, v in zip(outs, values) if n in unknown}
+
+    # ---- layers ---------------------------------------------------------------------------
+    @cached_property
+    def layers(self) -> list[TensorInfo]:
+        """Tensors produced by compute ops, in graph order (weights and shape bookkeeping excluded)."""
+        return [t for t in self.tensors.values() if t.is_layer]
+
+    @cached_property
+    def spatial_layers(self) -> list[TensorInfo]:
+        return [t for t in self.layers if t.spatial]
+
+    def auto_layer(self, output: str | None = None) -> tuple[str, str]:
+        """The last spatial tensor with H, W > 1 on the path to the output; returns (name, why)."""
+        output = output or self.outputs[0].name
+        ancestors = self.ancestors(output)
+        for info in reversed(self.spatial_layers):
+            if info.name in ancestors and (info.hw or (2, 2)) > (1, 1) and min(info.hw or (2, 2)) > 1:
+                kind = "token grid %dx%d" % info.grid if info.layout == "tokens" else f"{info.layout} map"
+                return info.name, (f"last spatial tensor ({kind}, shape {_fmt_shape(info.shape)}, op {info.op_type})"
+                                   f" on the path to output '{output}'")
+        raise TensorNameError(f"The model has no spatial tensor on the path to output '{output}'; "
+                              "name a layer explicitly (see `onnxplain inspect --spatial`).")
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every tensor the given tensor depends on, itself included."""
+        seen, stack = set(), [name]
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            node = self.producers.get(current)
+            if node is not None:
+                stack.extend(i for i in node.input if i)
+        return seen
+
+    def resolve_layer(self, name: str | None, output: str | None = None) -> str:
+        """A tensor name from a user's layer argument: 'auto'/'last-conv' aliases or an exact name."""
+        if name in (None, "", "auto"):
+            return self.auto_layer(output)[0]
+        if name == "last-conv":
+            convs = [t for t in self.spatial_layers if t.op_type == "Conv"]
+            if not convs:
+                raise TensorNameError("The model has no Conv layer; pick a layer from `onnxplain inspect --spatial`.")
+            return convs[-1].name
+        self.check_names([name])
+        return name
+
+    def check_names(self, names: Iterable[str]) -> None:
+        """Raise one clear error for the first name the model does not contain, with the nearest names."""
+        for name in names:
+            if name not in self.tensors:
+                raise TensorNameError(unknown_name_message(name, list(self.tensors)))
+
+    def spatial_info(self, name: str) -> TensorInfo:
+        """TensorInfo of a spatial tensor, or a clear error when the tensor is not a map."""
+        self.check_names([name])
+        info = self.tensors[name]
+        if not info.spatial:
+            raise TensorNameError(f"Tensor '{name}' (shape {_fmt_shape(info.shape)}) is not a spatial map; "
+                                  "pick one from `onnxplain inspect --spatial`.")
+        return info
+
+
+def unknown_name_message(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+    hint = f"nearest: {', '.join(repr(c) for c in close)}" if close else "see `onnxplain inspect` for the list"
+    return f"The model has no tensor named '{name}' ({hint})."
+
+
+def _fmt_shape(shape: tuple[Dim, ...] | None) -> str:
+    return "?" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _dummy(node_arg) -> np.ndarray:
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in node_arg.shape]
+    if len(dims) == 4:  # symbolic spatial dims: probe at 224
+        for axis in (1, 2, 3):
+            if not (isinstance(node_arg.shape[axis], int) and node_arg.shape[axis] > 0):
+                dims[axis] = 224 if dims[axis] == 1 else dims[axis]
+    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}.get(node_arg.type,
+                                                                                                 np.float32)
+    return np.zeros(dims, dtype)
+
+
+def _merge_dims(inferred: tuple[Dim, ...] | None, probed: tuple[int, ...], batch: Dim) -> tuple[Dim, ...]:
+    """Keep what inference knew (including symbolic names), fill the rest from the probe."""
+    merged = list(probed) if inferred is None or len(inferred) != len(probed) else \
+        [p if d is None else d for d, p in zip(inferred, probed)]
+    if isinstance(batch, str) and len(merged) >= 2 and merged[0] == 1 and (inferred is None or inferred[0] is None):
+        merged[0] = batch
+    return tuple(merged)
+
+
+def _input_layout(shape: tuple[Dim, ...]) -> str | None:
+    if len(shape) != 4:
+        return None
+    if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return "NHWC"
+    return "NCHW"
+
+
+def _propagate_layout(node: onnx.NodeProto, shape: tuple[Dim, ...] | None, layouts: dict[str, str | None]) -> str | None:
+    """NCHW for ONNX's channel-first ops; Transpose moves layouts; other ops inherit from their first input."""
+    if shape is None:
+        return None
+    if len(shape) == 3:
+        return "tokens" if _token_grid(shape) else None
+    if len(shape) != 4:
+        return None
+    if node.op_type in CHANNEL_OPS:
+        return "NCHW"
+    source = next((layouts.get(i) for i in node.input if layouts.get(i) in ("NCHW", "NHWC")), None)
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [0, 3, 2, 1])
+        if source == "NCHW" and perm == [0, 2, 3, 1]:
+            return "NHWC"
+        if source == "NHWC" and perm == [0, 3, 1, 2]:
+            return "NCHW"
+        return None if perm != [0, 1, 2, 3] else source
+    return source
+
+
+def _token_grid(shape: tuple[Dim, ...]) -> tuple[int, int] | None:
+    """(H, W) of a (N, T, C) token tensor whose T is a square grid, with or without a class token."""
+    tokens, channels = shape[1], shape[2]
+    if not isinstance(tokens, int) or not isinstance(channels, int) or tokens < 4:
+        return None
+    for extra in (1, 0):
+        side = math.isqrt(tokens - extra)
+        if side * side == tokens - extra and side > 1:
+            return side, side
+    return None
+
+
+def _with_layout(info: TensorInfo, layout: str | None) -> TensorInfo:
+    """Keep a layout only for maps with H, W > 1 (or token grids)."""
+    from dataclasses import replace
+    if layout == "tokens":
+        grid = _token_grid(info.shape) if info.shape else None
+        return replace(info, layout="tokens" if grid else None, grid=grid)
+    if layout in ("NCHW", "NHWC") and info.shape and len(info.shape) == 4:
+        h, w = (info.shape[2], info.shape[3]) if layout == "NCHW" else (info.shape[1], info.shape[2])
+        if isinstance(h, int) and isinstance(w, int) and h > 1 and w > 1:
+            return replace(info, layout=layout)
+        if (h is None or isinstance(h, str)) and info.op_type == "input":
+            return replace(info, layout=layout)
+    return replace(info, layout=None)
