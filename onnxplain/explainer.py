@@ -59,7 +59,7 @@ class Explainer:
                  device: str = "auto", labels: str | os.PathLike | Sequence[str] | None = None,
                  batch_size: int = 32, quiet: bool = False, input_name: str | None = None,
                  input_size: tuple[int, int] | None = None):
-        self.model = Model.load(model)
+        self.model = Model.load(model, probe_size=input_size)
         meta = self.model.metadata
         self.input = next((i for i in self.model.inputs if i.name == input_name), self.model.inputs[0]) \
             if self.model.inputs else None

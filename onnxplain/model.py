@@ -83,9 +83,14 @@ def _dtype_name(elem_type: int) -> str:
 def _dims(type_proto: onnx.TypeProto) -> tuple[Dim, ...] | None:
     if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else
-                 (d.dim_param if d.dim_param and not d.dim_param.startswith("unk__") else None)
-                 for d in type_proto.tensor_type.shape.dim)
+    return tuple(_dim(d) for d in type_proto.tensor_type.shape.dim)
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
+    """A dim's size, its symbolic name, or None (negative sizes, '?' and inference's 'unk__' are unknown)."""
+    if d.HasField("dim_value"):
+        return d.dim_value if d.dim_value > 0 else None
+    return d.dim_param if d.dim_param and d.dim_param != "?" and not d.dim_param.startswith("unk__") else None
 
 
 def _read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
@@ -138,9 +143,11 @@ def _load_external_data(proto: onnx.ModelProto, folder: Path | None) -> None:
 class Model:
     """An ONNX model loaded, checked and indexed; never modified after load."""
 
-    def __init__(self, proto: onnx.ModelProto, path: Path | None = None):
+    def __init__(self, proto: onnx.ModelProto, path: Path | None = None,
+                 probe_size: tuple[int, int] | None = None):
         self.proto = proto
         self.path = path
+        self.probe_size = probe_size  # (H, W) for the shape probe where the input's dims are symbolic
         try:
             onnx.checker.check_model(proto, full_check=False)
         except Exception as exc:
@@ -148,13 +155,14 @@ class Model:
             raise ModelError(f"The model fails ONNX's checker ({first}); re-export it or fix the graph.") from None
 
     @classmethod
-    def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto | "Model") -> "Model":
+    def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto | "Model",
+             probe_size: tuple[int, int] | None = None) -> "Model":
         """Load from a path, bytes or a ModelProto; external data is read from the model's folder."""
         if isinstance(source, Model):
             return source
         proto, path = _read_proto(source)
         _load_external_data(proto, path.parent if path else None)
-        return cls(proto, path)
+        return cls(proto, path, probe_size)
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -235,7 +243,7 @@ class Model:
     def tensors(self) -> dict[str, TensorInfo]:
         """Every input-dependent tensor: producing op, dtype, shape (inference + one probe run), layout."""
         shapes = self._inferred_shapes()
-        probe = self._probe_shapes({n for n, s in shapes.items() if s is None or any(d is None for d in s[1])})
+        probe = self._probe_shapes({n for n, s in shapes.items() if s is None or s[1] is None or None in s[1]})
         index: dict[str, TensorInfo] = {}
         layouts: dict[str, str | None] = {}
         for info in self.inputs:
@@ -284,7 +292,7 @@ class Model:
         try:
             session = ort.InferenceSession(expose(self.proto, names).SerializeToString(),
                                            providers=["CPUExecutionProvider"])
-            feeds = {i.name: _dummy(i) for i in session.get_inputs()}
+            feeds = {i.name: _dummy(i, self.probe_size or (224, 224)) for i in session.get_inputs()}
             outs = [o.name for o in session.get_outputs()]
             values = session.run(outs, feeds)
         except Exception:
@@ -306,7 +314,7 @@ class Model:
         output = output or self.outputs[0].name
         ancestors = self.ancestors(output)
         for info in reversed(self.spatial_layers):
-            if info.name in ancestors and (info.hw or (2, 2)) > (1, 1) and min(info.hw or (2, 2)) > 1:
+            if info.name in ancestors and min(info.hw or (2, 2)) > 1 and (info.channels or 2) > 1:
                 kind = "token grid %dx%d" % info.grid if info.layout == "tokens" else f"{info.layout} map"
                 return info.name, (f"last spatial tensor ({kind}, shape {_fmt_shape(info.shape)}, op {info.op_type})"
                                    f" on the path to output '{output}'")
@@ -364,12 +372,15 @@ def _fmt_shape(shape: tuple[Dim, ...] | None) -> str:
     return "?" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _dummy(node_arg) -> np.ndarray:
-    dims = [d if isinstance(d, int) and d > 0 else 1 for d in node_arg.shape]
-    if len(dims) == 4:  # symbolic spatial dims: probe at 224
-        for axis in (1, 2, 3):
-            if not (isinstance(node_arg.shape[axis], int) and node_arg.shape[axis] > 0):
-                dims[axis] = 224 if dims[axis] == 1 else dims[axis]
+def _dummy(node_arg, size: tuple[int, int]) -> np.ndarray:
+    """Zeros of the input's shape: unknown batch 1, unknown spatial dims from `size`."""
+    shape = list(node_arg.shape)
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+    if len(dims) == 4:
+        nhwc = shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
+        for axis, value in zip((1, 2) if nhwc else (2, 3), size):
+            if not (isinstance(shape[axis], int) and shape[axis] > 0):
+                dims[axis] = value
     dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}.get(node_arg.type,
                                                                                                  np.float32)
@@ -380,7 +391,7 @@ def _merge_dims(inferred: tuple[Dim, ...] | None, probed: tuple[int, ...], batch
     """Keep what inference knew (including symbolic names), fill the rest from the probe."""
     merged = list(probed) if inferred is None or len(inferred) != len(probed) else \
         [p if d is None else d for d, p in zip(inferred, probed)]
-    if isinstance(batch, str) and len(merged) >= 2 and merged[0] == 1 and (inferred is None or inferred[0] is None):
+    if not isinstance(batch, int) and len(merged) >= 2 and merged[0] == 1 and (inferred is None or inferred[0] is None):
         merged[0] = batch
     return tuple(merged)
 

@@ -92,9 +92,25 @@ def split(proto: onnx.ModelProto, at: str) -> Split:
 
     head = _subgraph(proto, head_nodes, [i for i in graph.input if i.name not in weights],
                      [at] + [c for c in crossing if c not in inputs], "head")
-    tail_inputs = [_value_info(proto, at)] + [_value_info(proto, c) for c in crossing]
+    typed = _with_inferred_types(proto)
+    tail_inputs = [_input_value_info(typed, name) for name in [at, *crossing]]
     tail = _subgraph(proto, tail_nodes, tail_inputs, [o.name for o in graph.output], "tail")
     return Split(head=head, tail=tail, at=at, crossing=tuple(crossing))
+
+
+def _with_inferred_types(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with value_info from shape inference (legacy exports carry none for intermediates)."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:
+        return proto
+
+
+def _input_value_info(typed: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
+    """A graph-input declaration for a tensor: its element type, shape left open."""
+    value = _value_info(typed, name)
+    elem_type = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
+    return helper.make_tensor_value_info(name, elem_type or onnx.TensorProto.FLOAT, None)
 
 
 def _needed(nodes: Sequence[onnx.NodeProto], producers: dict, wanted: list[str], stop: set[str]) -> list:
