@@ -9,13 +9,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import methods as method_registry
-from .errors import DeviceError, MethodError, UserError
+from .errors import DeviceError, ImageError, MethodError, UserError
 from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
 from .methods.base import Attribution, Method
 from .model import Model
 from .runtime import Runtime, choose_providers
 from .surgery import Split, split
-from .targets import Target, resolve
+from .targets import BoxLayout, Context, Target, resolve
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,14 @@ class Explainer:
         return self.labels[index] if self.labels and index < len(self.labels) else ""
 
     def explain(self, images, method: str = "grad-cam", target: Any = "predicted", layer: str | None = "auto",
-                output: str | None = None, probability: bool = False, **params) -> list[Attribution]:
-        """Explain each image for its target(s) with one method; one Attribution per image and target."""
+                output: str | None = None, probability: bool = False, box_layout: BoxLayout | None = None,
+                **params) -> list[Attribution]:
+        """Explain each image for its target(s) with one method; one Attribution per image and target.
+
+        `target`: predicted | INDEX | topK | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel]
+        (original pixels) | a Target | a callable on the outputs dict | a list with one of these per image.
+        `output` picks the model output by name (default: the first); `box_layout` describes detector rows.
+        """
         cls = method_registry.get(method)
         method_params = cls.make_params(**params)
         batch = self.prepare(images)
@@ -170,14 +176,25 @@ class Explainer:
         if layer_name is not None and cls.engine == "ort":
             self.model.spatial_info(layer_name)
         exposed = [layer_name] if layer_name is not None and cls.engine == "ort" else []
-        scores = self.forward(batch, exposed)[output]
-        per_image = resolve(target, scores, output, self.labels, probability)
+        outputs = self.forward(batch, exposed)
+        context = Context(outputs, output, self.labels, probability, batch.pixel_maps, batch.hw,
+                          box_layout or BoxLayout())
+        per_image = resolve(target, context)
         index = [i for i, targets in enumerate(per_image) for _ in targets]
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
         work = batch if len(index) == len(batch) else batch.select(index)
         raw = cls(method_params).explain(self, work, flat_targets, layer_name)
         return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], raw.extras[i], output)
                 for i, t in enumerate(flat_targets)]
+
+    def explain_bytes(self, image_bytes: bytes, method: str = "grad-cam", **kwargs) -> list[Attribution]:
+        """Explain one encoded image (PNG, JPEG, ... as bytes), as a server receives it; never reads a path.
+
+        Keyword arguments are those of `explain` (target, layer, output, probability, method params).
+        """
+        if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
+            raise ImageError("explain_bytes takes the encoded image as bytes, not a path; read the file first.")
+        return self.explain(self.prepare(bytes(image_bytes)), method=method, **kwargs)
 
     def _attribution(self, cls: type[Method], params: Any, batch: Prepared, i: int, target: Target,
                      layer: str | None, raw: np.ndarray, extras: dict, output: str) -> Attribution:

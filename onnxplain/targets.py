@@ -2,13 +2,14 @@
 
 Every Target reads a dict of output arrays (numpy or torch, first axis = images or
 perturbed copies) and returns a 1-D score, so the same target serves forward-only
-and gradient methods alike.
+and gradient methods alike. Targets that name places (boxes, regions) are given in
+original-image pixels and bound to each image's model-input geometry when resolved.
 """
 from __future__ import annotations
 
 import abc
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -18,9 +19,17 @@ from .errors import TargetError
 Outputs = Mapping[str, Any]
 
 
+def _like(array: np.ndarray, reference):
+    """`array` as the same kind (numpy or torch, device, dtype) as `reference`."""
+    if isinstance(reference, np.ndarray):
+        return array.astype(reference.dtype, copy=False)
+    import torch
+    return torch.as_tensor(array, device=reference.device, dtype=reference.dtype)
+
+
 @dataclass(frozen=True)
 class Target(abc.ABC):
-    """Base: a named score read from the outputs; subclasses define `score`."""
+    """Base: a named score read from the outputs."""
     output: str
 
     @property
@@ -58,6 +67,81 @@ class ClassTarget(Target):
 
 
 @dataclass(frozen=True)
+class BoxLayout:
+    """How a detector's raw output lays out its rows: YOLO-style (cx, cy, w, h, [objectness], class scores...).
+
+    axis: "rows" for (N, boxes, values) or "columns" for (N, values, boxes) (YOLOv8 writes (1, 84, 8400)).
+    box_format: "cxcywh" or "xyxy", in model-input pixels (or normalised to [0, 1] when `normalised`).
+    objectness: whether a confidence column precedes the class scores (YOLOv5).
+    """
+    axis: str = "rows"
+    box_format: str = "cxcywh"
+    objectness: bool = False
+    normalised: bool = False
+
+    def rows(self, value):
+        """(N, boxes, values) whatever the axis order."""
+        rows = value if self.axis == "rows" else value.transpose(1, 2) if not isinstance(value, np.ndarray) \
+            else value.transpose(0, 2, 1)
+        return rows
+
+    def boxes_xyxy(self, rows: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+        """Boxes of one image's rows as x1, y1, x2, y2 in model-input pixels."""
+        b = rows[:, :4].astype(np.float64)
+        if self.box_format == "cxcywh":
+            b = np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
+        if self.normalised:
+            b = b * np.array([input_hw[1], input_hw[0], input_hw[1], input_hw[0]])
+        return b
+
+    def class_scores(self, rows):
+        start = 5 if self.objectness else 4
+        scores = rows[..., start:]
+        return scores * rows[..., 4:5] if self.objectness else scores
+
+
+@dataclass(frozen=True)
+class BoxTarget(Target):
+    """A detector's score for one box: the class score at the row (anchor) that best matched the box."""
+    row: int = 0
+    index: int = 0
+    layout: BoxLayout = field(default_factory=BoxLayout)
+    box: tuple[float, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"box row {self.row} class {self.index}"
+
+    def score(self, outputs: Outputs):
+        rows = self.layout.rows(outputs[self.output])
+        return self.layout.class_scores(rows[:, self.row])[:, self.index]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "row": self.row, "index": self.index, "box": list(self.box)}
+
+
+@dataclass(frozen=True)
+class RegionTarget(Target):
+    """Sum (or mean) of one channel of a dense output (N, C, H, W) over a pixel mask, e.g. a segment or text line."""
+    channel: int = 0
+    mask: np.ndarray = field(default_factory=lambda: np.ones((1, 1), bool), compare=False)
+    reduce: str = "sum"
+
+    @property
+    def label(self) -> str:
+        return f"region channel {self.channel} ({int(self.mask.sum())} px)"
+
+    def score(self, outputs: Outputs):
+        value = outputs[self.output][:, self.channel]
+        weights = _like(self.mask.astype(np.float32), value)
+        total = (value * weights).reshape(len(value), -1).sum(1)
+        return total / float(self.mask.sum()) if self.reduce == "mean" else total
+
+    def describe(self) -> dict:
+        return {**super().describe(), "channel": self.channel, "pixels": int(self.mask.sum()), "reduce": self.reduce}
+
+
+@dataclass(frozen=True)
 class CallableTarget(Target):
     """Any function of the outputs dict that returns one score per row."""
     fn: Callable[[Outputs], Any] = None
@@ -78,42 +162,164 @@ def _softmax(x):
     return x.softmax(dim=1)
 
 
-TargetSpec = Any  # "predicted" | int | "topK" | "INDEX" | list per image | Target | callable
+@dataclass(frozen=True)
+class Context:
+    """What resolving a target may need about the batch: outputs, geometry, labels."""
+    outputs: Mapping[str, np.ndarray]
+    output: str
+    labels: Sequence[str] | None = None
+    probability: bool = False
+    pixel_maps: Sequence[Any] = ()       # images.PixelMap per image (original -> model input)
+    input_hw: tuple[int, int] = (0, 0)
+    box_layout: BoxLayout = field(default_factory=BoxLayout)
 
 
-def resolve(spec: TargetSpec, scores: np.ndarray, output: str, labels: Sequence[str] | None = None,
-            probability: bool = False) -> list[list[Target]]:
-    """Targets per image (top-k gives several) from a spec and the model's scores for the batch."""
-    n = len(scores)
-    flat = scores.reshape(n, -1)
-    classes = flat.shape[1]
+TargetSpec = Any  # "predicted" | int | "topK" | name | "box:..." | "region:..." | list per image | Target | callable
+
+
+def resolve(spec: TargetSpec, context: Context) -> list[list[Target]]:
+    """Targets per image (top-k gives several) from a spec and the batch's outputs."""
+    n = len(context.outputs[context.output])
     if isinstance(spec, (list, tuple)) and len(spec) == n and not isinstance(spec, str):
-        return [resolve(s, scores[i:i + 1], output, labels, probability)[0] for i, s in enumerate(spec)]
+        return [resolve_one(s, context, i) for i, s in enumerate(spec)]
+    return [resolve_one(spec, context, i) for i in range(n)]
+
+
+def resolve_one(spec: TargetSpec, context: Context, i: int) -> list[Target]:
+    """The target(s) of image i."""
+    output = context.output
     if isinstance(spec, Target):
-        return [[spec] for _ in range(n)]
+        return [spec]
     if callable(spec):
-        return [[CallableTarget(output, fn=spec, name=getattr(spec, "__name__", "callable"))] for _ in range(n)]
+        return [CallableTarget(output, fn=spec, name=getattr(spec, "__name__", "callable"))]
+    text = "predicted" if spec is None else str(spec).strip()
+    if text.startswith("box:"):
+        return [box_target(text[4:], context, i)]
+    if text.startswith("region:"):
+        return [region_target(text[7:], context, i)]
+    return class_targets(text, context, i)
+
+
+def class_targets(text: str, context: Context, i: int) -> list[ClassTarget]:
+    """predicted | top1 | topK | INDEX | class name, on a classification output."""
+    value = context.outputs[context.output]
+    row = value[i].reshape(-1)
+    classes = row.shape[0]
+    labels = context.labels
 
     def make(index: int) -> ClassTarget:
         if not 0 <= index < classes:
-            raise TargetError(f"Target class {index} is out of range: output '{output}' has {classes} classes "
-                              f"(0..{classes - 1}).")
+            raise TargetError(f"Target class {index} is out of range: output '{context.output}' has {classes} "
+                              f"classes (0..{classes - 1}).")
         name = labels[index] if labels and index < len(labels) else ""
-        return ClassTarget(output, index=int(index), name=name, probability=probability)
+        return ClassTarget(context.output, index=int(index), name=name, probability=context.probability)
 
-    if spec in (None, "predicted", "top1"):
-        return [[make(int(np.argmax(row)))] for row in flat]
-    if isinstance(spec, (int, np.integer)):
-        return [[make(int(spec))] for _ in range(n)]
-    text = str(spec).strip()
+    if text in ("predicted", "top1"):
+        return [make(int(np.argmax(row)))]
     if re.fullmatch(r"-?\d+", text):
-        return [[make(int(text))] for _ in range(n)]
+        return [make(int(text))]
     match = re.fullmatch(r"top(\d+)", text)
     if match:
         k = int(match.group(1))
         if not 1 <= k <= classes:
-            raise TargetError(f"'{text}' asks for more classes than output '{output}' has ({classes}).")
-        return [[make(int(i)) for i in np.argsort(-row)[:k]] for row in flat]
+            raise TargetError(f"'{text}' asks for more classes than output '{context.output}' has ({classes}).")
+        return [make(int(j)) for j in np.argsort(-row)[:k]]
     if labels and text in labels:
-        return [[make(labels.index(text))] for _ in range(n)]
-    raise TargetError(f"Cannot read target '{text}'; use predicted, a class index, topK or a class name.")
+        return [make(list(labels).index(text))]
+    raise TargetError(f"Cannot read target '{text}'; use predicted, a class index, topK, a class name, "
+                      "box:x1,y1,x2,y2[:class] or region:x1,y1,x2,y2[:channel].")
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise TargetError(f"Cannot read {what} '{text}'; write four numbers x1,y1,x2,y2 in image pixels.") from None
+
+
+def box_target(text: str, context: Context, i: int) -> BoxTarget:
+    """box:x1,y1,x2,y2[:class] (original pixels) or box:#K (the K-th most confident predicted box)."""
+    layout = context.box_layout
+    value = context.outputs[context.output]
+    if value.ndim != 3:
+        raise TargetError(f"Output '{context.output}' has shape {list(value.shape)}, not detection rows "
+                          "(N, boxes, values); choose the detector's raw output with --output.")
+    rows = layout.rows(value)[i]
+    scores = layout.class_scores(rows)
+    if scores.shape[-1] < 1:
+        raise TargetError(f"Output '{context.output}' rows have no class scores after the box columns.")
+    spec, _, cls = text.partition(":")
+    if spec.startswith("#"):
+        rank = int(spec[1:])
+        row = int(np.argsort(-scores.max(axis=1))[rank])
+        box = tuple(layout.boxes_xyxy(rows[row:row + 1], context.input_hw)[0])
+    else:
+        coords = _numbers(spec, "box")
+        if len(coords) != 4:
+            raise TargetError(f"Box '{spec}' needs four numbers x1,y1,x2,y2.")
+        box = context.pixel_maps[i].box_to_input(coords) if context.pixel_maps else tuple(coords)
+        ious = _iou(np.asarray(box), layout.boxes_xyxy(rows, context.input_hw))
+        row = int(np.argmax(ious))
+        if ious[row] <= 0:
+            raise TargetError(f"No detection row overlaps box {spec}; check the box and the output layout.")
+    index = int(cls) if cls else int(np.argmax(scores[row]))
+    if not 0 <= index < scores.shape[-1]:
+        raise TargetError(f"Box class {index} is out of range: the detector has {scores.shape[-1]} classes.")
+    return BoxTarget(context.output, row=row, index=index, layout=layout, box=tuple(float(b) for b in box))
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
+
+
+def region_target(text: str, context: Context, i: int) -> RegionTarget:
+    """region:x1,y1,x2,y2[:channel] in original pixels, on a dense output (N, C, H, W)."""
+    value = context.outputs[context.output]
+    if value.ndim != 4:
+        raise TargetError(f"Output '{context.output}' has shape {list(value.shape)}, not a dense map "
+                          "(N, C, H, W); choose a map output with --output.")
+    spec, _, channel = text.partition(":")
+    coords = _numbers(spec, "region")
+    if len(coords) != 4:
+        raise TargetError(f"Region '{spec}' needs four numbers x1,y1,x2,y2.")
+    box = context.pixel_maps[i].box_to_input(coords) if context.pixel_maps else tuple(coords)
+    return region_from_box(context.output, value.shape, box, context.input_hw, int(channel) if channel else None)
+
+
+def region_from_box(output: str, shape: Sequence[int], box: Sequence[float], input_hw: tuple[int, int],
+                    channel: int | None = None, reduce: str = "sum") -> RegionTarget:
+    """A region target from a box in model-input pixels, scaled to the output map's resolution."""
+    channels, h, w = shape[1], shape[2], shape[3]
+    channel = channels - 1 if channel is None else channel  # the last channel: foreground / text / face
+    if not 0 <= channel < channels:
+        raise TargetError(f"Channel {channel} is out of range: output '{output}' has {channels} channels.")
+    sy, sx = h / (input_hw[0] or h), w / (input_hw[1] or w)
+    x1, y1 = int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy))
+    x2, y2 = int(np.ceil(box[2] * sx)), int(np.ceil(box[3] * sy))
+    mask = np.zeros((h, w), bool)
+    mask[max(y1, 0):min(y2, h), max(x1, 0):min(x2, w)] = True
+    if not mask.any():
+        raise TargetError(f"Region {list(box)} lies outside the output map ({w}x{h} after scaling).")
+    return RegionTarget(output, channel=channel, mask=mask, reduce=reduce)
+
+
+def region_from_mask(output: str, mask: np.ndarray, channel: int, reduce: str = "sum") -> RegionTarget:
+    """A region target from a boolean mask at the output map's resolution."""
+    return RegionTarget(output, channel=channel, mask=np.asarray(mask, bool), reduce=reduce)
+
+
+def output_kind(shape: Sequence) -> str:
+    """A guess of what an output holds: class scores, detection rows, dense map, or other."""
+    dims = [d for d in shape[1:]]
+    if len(dims) == 1 or (len(dims) == 3 and dims[1:] == [1, 1]):
+        return "class scores"
+    if len(dims) == 2:
+        return "detection rows" if all(isinstance(d, int) for d in dims) and max(dims) > 4 * min(dims) \
+            and min(dims) >= 5 else "vectors"
+    if len(dims) == 3:
+        return "dense map"
+    return "other"

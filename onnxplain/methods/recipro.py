@@ -1,0 +1,64 @@
+"""Recipro-CAM (Byun & Lee, 2022): keep the layer's features around one position at a time, run the tail,
+and read the target's softmax probability as that position's value. Forward passes of the tail only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..targets import ClassTarget
+from . import register
+from .base import Method, RawMaps
+from .cam import choose, layer_activations, tail_scores
+from .layers import to_layout
+
+GAUSSIAN = np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]])
+
+
+def position_masks(h: int, w: int, kind: str) -> np.ndarray:
+    """(h*w, h, w): for each position (row-major) a mask centred on it, the 3x3 Gaussian kernel of the
+    reference implementation (cut at the borders) or the position alone ("binary")."""
+    kernel = GAUSSIAN if kind == "gaussian" else np.array([[0, 0, 0], [0, 1.0, 0], [0, 0, 0]])
+    padded = np.zeros((h * w, h + 2, w + 2))
+    k = np.arange(h * w)
+    rows, cols = k // w, k % w
+    for di in range(3):
+        for dj in range(3):
+            padded[k, rows + di, cols + dj] = kernel[di, dj]
+    return padded[:, 1:-1, 1:-1]
+
+
+@register
+class ReciproCAM(Method):
+    """Map value at (i, j) = target score (softmax probability by default) of the layer masked to (i, j).
+
+    Masks are A * M_ij with M_ij the 3x3 Gaussian kernel centred at (i, j) (or a one-hot "binary" mask);
+    token tensors keep their class token. Costs h*w forwards of the tail only.
+    """
+    name = "recipro-cam"
+    engine = "ort"
+    summary = "score of the layer masked around each position, via the model's tail (h*w tail forwards)"
+    uses_layer = True
+
+    @dataclass(frozen=True)
+    class Params:
+        mask: str = "gaussian"  # "gaussian" (3x3 kernel 1/4 centre, 1/8 edges, 1/16 corners) or "binary"
+        softmax: bool = True    # score class targets by softmax probability, as the paper; False: raw target score
+
+    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+        kind = choose(self.name, "mask", self.params.mask, ("gaussian", "binary"))
+        raw, info, acts = layer_activations(explainer, batch, layer)
+        _, _, h, w = acts.shape
+        masks = position_masks(h, w, kind).astype(raw.dtype)
+        maps = []
+        for i, target in enumerate(targets):
+            if self.params.softmax and isinstance(target, ClassTarget):
+                target = replace(target, probability=True)
+
+            def make(rows: slice) -> np.ndarray:
+                masked = acts[i:i + 1] * masks[rows, None]
+                return np.ascontiguousarray(to_layout(masked, info, like=raw[i:i + 1]))
+
+            scores = tail_scores(explainer, batch, i, layer, target, h * w, make, desc="recipro-cam")
+            maps.append(scores.reshape(h, w))
+        return RawMaps(np.stack(maps))

@@ -1,0 +1,100 @@
+"""Score-CAM (Wang et al., 2020): each channel, upsampled and min-max normalised, masks the input; the
+softmax over channels of the masked inputs' target scores weights the channels. Forward passes only."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from . import register
+from .base import Method, RawMaps
+from .cam import choose, input_scores, layer_activations, optional_count
+
+
+def bilinear_matrix(size_out: int, size_in: int) -> np.ndarray:
+    """(size_out, size_in) matrix of bilinear interpolation with aligned corners (torch's UpsamplingBilinear2d)."""
+    matrix = np.zeros((size_out, size_in))
+    if size_in == 1 or size_out == 1:
+        matrix[:, 0] = 1.0
+        return matrix
+    position = np.arange(size_out) * (size_in - 1) / (size_out - 1)
+    low = np.minimum(np.floor(position).astype(int), size_in - 2)
+    frac = position - low
+    rows = np.arange(size_out)
+    matrix[rows, low] = 1 - frac
+    matrix[rows, low + 1] = frac
+    return matrix
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) -> (K, H, W), bilinear with aligned corners, as pytorch-grad-cam's Score-CAM upsamples."""
+    rows, cols = bilinear_matrix(size[0], maps.shape[1]), bilinear_matrix(size[1], maps.shape[2])
+    return np.einsum("Hh,khw,Ww->kHW", rows, maps.astype(np.float64), cols)
+
+
+def normalised_masks(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Channels upsampled to the input size and min-max normalised into [0, 1] each (float32)."""
+    up = upsample(maps, size)
+    low = up.min(axis=(1, 2), keepdims=True)
+    high = up.max(axis=(1, 2), keepdims=True)
+    return ((up - low) / (high - low + 1e-8)).astype(np.float32)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    e = np.exp(scores - scores.max())
+    return e / e.sum()
+
+
+@register
+class ScoreCAM(Method):
+    """Channel weights from how well each channel, used as an input mask, keeps the target's score.
+
+    Weights are the softmax over channels of the masked inputs' target scores, as pytorch-grad-cam
+    computes them; the map is relu(sum_k w_k A_k) at layer resolution. Costs one forward per channel.
+    """
+    name = "score-cam"
+    engine = "ort"
+    summary = "channel masks on the input, weighted by softmax of target scores (C forwards)"
+    uses_layer = True
+
+    @dataclass(frozen=True)
+    class Params:
+        channels: int | None = None  # keep only this many channels with the highest mean activation (None: all)
+        baseline: str = "zero"       # masked-out pixels: "zero" (0 in model space) or "blur" (blurred input)
+        blur_sigma: float = 5.0      # Gaussian sigma in input pixels for baseline "blur"
+
+    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+        keep = optional_count(self.name, "channels", self.params.channels)
+        baseline = choose(self.name, "baseline", self.params.baseline, ("zero", "blur"))
+        _, _, acts = layer_activations(explainer, batch, layer)
+        size = batch.hw
+        maps, extras = [], []
+        for i, target in enumerate(targets):
+            act = acts[i].astype(np.float64)
+            order = np.argsort(-act.mean(axis=(1, 2)), kind="stable")
+            chosen = np.sort(order[:keep]) if keep else np.arange(len(act))
+            x = batch.x[i:i + 1]
+            base = self._baseline(x[0], batch.spec.layout, baseline)
+
+            def make(rows: slice) -> np.ndarray:
+                masks = batch.spatial_mask(normalised_masks(act[chosen[rows]], size))
+                return x * masks + base * (1 - masks) if base is not None else x * masks
+
+            scores = input_scores(explainer, target, len(chosen), x.nbytes, make, desc="score-cam")
+            weights = softmax(scores)
+            cam = np.einsum("k,khw->hw", weights, act[chosen])
+            maps.append(np.maximum(cam, 0))
+            extras.append({"channels": len(chosen)})
+        return RawMaps(np.stack(maps), extras)
+
+    def _baseline(self, x: np.ndarray, layout: str, kind: str) -> np.ndarray | None:
+        """The input that masked-out pixels fade to (None for zero), in model layout with a leading batch axis."""
+        if kind == "zero":
+            return None
+        hwc = x.transpose(1, 2, 0) if layout == "NCHW" else x
+        sigma = float(self.params.blur_sigma)
+        blurred = cv2.GaussianBlur(np.ascontiguousarray(hwc), (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                   borderType=cv2.BORDER_REFLECT)
+        blurred = blurred.reshape(hwc.shape)
+        return (blurred.transpose(2, 0, 1) if layout == "NCHW" else blurred)[None]
