@@ -75,6 +75,7 @@ def inspect(model, images, spatial, as_json, top, preset, labels, device):
 def describe(explainer, spatial_only: bool = False) -> dict:
     """Everything `inspect` shows, as a JSON-ready dict."""
     from .model import _fmt_shape
+    from .targets import output_kind
     model = explainer.model
     try:
         auto, why = model.auto_layer()
@@ -86,7 +87,8 @@ def describe(explainer, spatial_only: bool = False) -> dict:
         "path": str(model.path) if model.path else None,
         "producer": model.producer, "opset": model.opset, "ir_version": model.proto.ir_version,
         "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in model.inputs],
-        "outputs": [{"name": o.name, "dtype": o.dtype, "shape": list(o.shape)} for o in model.outputs],
+        "outputs": [{"name": o.name, "dtype": o.dtype, "shape": list(o.shape), "kind": output_kind(o.shape)}
+                    for o in model.outputs],
         "input_layout": explainer.spec.layout,
         "weights": {"count": len(model.weights), "bytes": model.weight_bytes},
         "layers": [{"name": t.name, "op": t.op_type, "shape": _fmt_shape(t.shape), "layout": t.layout,
@@ -112,7 +114,8 @@ def format_report(report: dict) -> str:
              f"device     {report['device']}"]
     for kind in ("inputs", "outputs"):
         for item in report[kind]:
-            lines.append(f"{kind[:-1]:<10} {item['name']}  {item['dtype']}  {_shape(item['shape'])}")
+            guess = f"  ({item['kind']})" if "kind" in item else ""
+            lines.append(f"{kind[:-1]:<10} {item['name']}  {item['dtype']}  {_shape(item['shape'])}{guess}")
     w = report["weights"]
     lines.append(f"weights    {w['count']} tensors, {w['bytes'] / 1e6:.2f} MB")
     conv = report["converter"]
@@ -137,7 +140,8 @@ def format_report(report: dict) -> str:
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--method", "-m", default="grad-cam", show_default=True, help="Method name(s), comma separated.")
-@click.option("--target", "-t", default="predicted", show_default=True, help="predicted | INDEX | topK | class name.")
+@click.option("--target", "-t", default="predicted", show_default=True,
+              help="predicted | INDEX | topK | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel].")
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
 @click.option("--output", default=None, help="Model output to explain (default: the first).")
 @click.option("--param", "-p", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
@@ -197,6 +201,9 @@ def methods_command(as_json):
         if params:
             click.echo(f"{'':<29}{params}")
 
+
+from .serve import serve_command  # noqa: E402  (starlette/uvicorn load only when serving)
+main.add_command(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

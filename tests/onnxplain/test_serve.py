@@ -1,0 +1,308 @@
+"""The HTTP server on the bundled EfficientNet-Lite0: endpoints, batching, limits and every refusal.
+
+Each server is uvicorn in a daemon thread on a free loopback port, stopped at the end of its test module or after
+at most LIFETIME seconds.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+import onnxplain
+from onnxplain.errors import UserError
+from onnxplain.serve import create_app, serve_command
+
+CHELSEA = Path(__file__).resolve().parents[2] / "models" / "chelsea.jpg"
+CATS = {"tiger cat", "Egyptian cat", "tabby"}
+LIFETIME = 120.0  # seconds a test server may live at most
+
+
+class LiveServer:
+    """An ASGI app under uvicorn in a daemon thread on a free 127.0.0.1 port, with a bounded lifetime."""
+
+    def __init__(self, app, lifetime: float = LIFETIME):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.timer = threading.Timer(lifetime, self.stop)
+        self.timer.daemon = True
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        self.timer.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+        self.stop()
+        self.thread.join(10)
+        self.socket.close()
+
+
+@pytest.fixture(scope="module")
+def explainer(effnet):
+    return onnxplain.load(effnet, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def url(explainer):
+    with LiveServer(create_app(explainer, max_body=1_000_000)) as live:
+        yield live.url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with httpx.Client(base_url=url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def chelsea() -> bytes:
+    return CHELSEA.read_bytes()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def top1(answer: dict) -> str:
+    return answer["top"][0]["name"]
+
+
+def assert_refused(response, status: int, *words: str) -> None:
+    """A refusal: the status and {"error": one sentence} naming the problem."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and "\n" not in body["error"] and body["error"].endswith("."), body
+    for word in words:
+        assert word.lower() in body["error"].lower(), body["error"]
+
+
+# ---- endpoints ---------------------------------------------------------------------------------
+def test_health_and_openapi(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["device"] == "cpu" and health["queue_size"] == 64
+    schema = client.get("/openapi.json").json()
+    assert schema["openapi"].startswith("3.")
+    assert {"/health", "/model", "/predict", "/explain", "/openapi.json"} <= set(schema["paths"])
+    assert "multipart/form-data" in schema["paths"]["/explain"]["post"]["requestBody"]["content"]
+    assert_refused(client.get("/nowhere"), 404, "not found")
+    assert_refused(client.get("/predict"), 405)
+
+
+def test_model(client, explainer):
+    info = client.get("/model").json()
+    assert [i["name"] for i in info["inputs"]] == [i.name for i in explainer.model.inputs]
+    assert info["outputs"][0]["shape"][-1] == 1000 and info["labels"] == 1000
+    names = [t["name"] for t in info["spatial_layers"]]
+    assert info["auto_layer"] in names and len(names) == len(explainer.model.spatial_layers)
+    methods = {m["name"]: m for m in info["methods"]}
+    assert methods["eigen-cam"]["engine"] == "ort" and "params" in methods["eigen-cam"]
+
+
+def test_predict_multipart_and_base64(client, chelsea):
+    multipart = client.post("/predict", files={"image": ("chelsea.jpg", chelsea, "image/jpeg")}, data={"top": "3"})
+    assert multipart.status_code == 200, multipart.text
+    assert len(multipart.json()["top"]) == 3 and top1(multipart.json()) in CATS
+    as_json = client.post("/predict", json={"image": b64(chelsea)})
+    assert as_json.status_code == 200 and len(as_json.json()["top"]) == 5
+    raw = client.post("/predict?top=1", content=chelsea, headers={"content-type": "image/jpeg"})
+    assert raw.status_code == 200 and len(raw.json()["top"]) == 1
+    # the same image answers the same, to float32 round-off, whichever way it came
+    assert as_json.json()["top"][:3] == pytest.approx(multipart.json()["top"], rel=1e-5)
+
+
+def test_concurrent_predicts_run_as_batches(explainer, chelsea):
+    """Eight requests arriving together on one worker with a 50 ms window share forwards (tolerance: exact)."""
+    with LiveServer(create_app(explainer, workers=1, max_batch=8, batch_wait=0.05)) as live:
+        with httpx.Client(base_url=live.url, timeout=60) as c, ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: c.post("/predict", json={"image": b64(chelsea), "top": 1}), range(8)))
+            health = c.get("/health").json()
+    assert [a.status_code for a in answers] == [200] * 8
+    assert {top1(a.json()) for a in answers} <= CATS
+    assert health["jobs"] == 8 and health["batches"] < 8
+
+
+def test_explain_eigen_cam(client, explainer, chelsea):
+    answer = client.post("/explain", files={"image": ("chelsea.jpg", chelsea, "image/jpeg")},
+                         data={"method": "eigen-cam", "raw": "true", "top": "2"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["method"] == "eigen-cam" and body["layer"] == explainer.model.auto_layer()[0]
+    assert len(body["predictions"]) == 2 and body["predictions"][0]["name"] in CATS
+    [entry] = body["explanations"]
+    overlay = cv2.imdecode(np.frombuffer(base64.b64decode(entry["overlay_png"]), np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imdecode(np.frombuffer(chelsea, np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == original.shape and (entry["height"], entry["width"]) == original.shape[:2]
+    raw = np.array(entry["raw"], np.float32)
+    layer_hw = explainer.model.spatial_info(body["layer"]).hw
+    assert list(raw.shape) == entry["raw_shape"] == list(layer_hw)
+    # the server's map equals explain_bytes on the same bytes (tolerance: float32 round-off)
+    [direct] = explainer.explain_bytes(chelsea, method="eigen-cam")
+    np.testing.assert_allclose(raw, direct.raw, rtol=1e-4, atol=1e-5)
+
+
+def test_explain_json_top3_and_params(client, chelsea):
+    answer = client.post("/explain", json={"image": b64(chelsea), "method": "eigen-cam", "target": "top3",
+                                           "params": {"relu": False}, "alpha": 0.3, "colormap": "turbo"})
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["explanations"]
+    assert len(entries) == 3 and "raw" not in entries[0] and entries[0]["params"] == {"relu": False}
+    assert [e["target"]["index"] for e in entries] == [p["index"] for p in answer.json()["predictions"][:3]]
+
+
+def test_explain_bytes_takes_bytes_only(explainer):
+    with pytest.raises(UserError, match="bytes"):
+        explainer.explain_bytes(str(CHELSEA), method="eigen-cam")
+
+
+# ---- refusals ----------------------------------------------------------------------------------
+def test_body_over_the_limit_is_413(explainer):
+    body = json.dumps({"image": "A" * 20_000, "method": "eigen-cam"}).encode()
+    with LiveServer(create_app(explainer, max_body=10_000)) as live, httpx.Client(base_url=live.url) as c:
+        by_length = c.post("/explain", content=body, headers={"content-type": "application/json"})
+        chunks = (body[i:i + 4096] for i in range(0, len(body), 4096))  # no Content-Length: counted as it streams
+        streamed = c.post("/explain", content=chunks, headers={"content-type": "application/json"})
+        small = c.post("/predict", json={"image": b64(b"x" * 100)})
+    assert_refused(by_length, 413, "10000")
+    assert "content-length" not in streamed.request.headers
+    assert_refused(streamed, 413, "10000")
+    assert_refused(small, 400, "decoded")
+
+
+def test_bad_inputs_are_400_with_one_sentence(client, chelsea):
+    upload = {"image": ("chelsea.jpg", chelsea, "image/jpeg")}
+    assert_refused(client.post("/predict", files={"image": ("x.jpg", b"not an image", "image/jpeg")}), 400, "decoded")
+    assert_refused(client.post("/explain", json={"image": b64(b"\x89PNG broken"), "method": "eigen-cam"}), 400,
+                   "decoded")
+    assert_refused(client.post("/explain", files=upload, data={"method": "eigen-kam"}), 400, "unknown method",
+                   "eigen-cam")
+    assert_refused(client.post("/explain", files=upload, data={"method": "eigen-cam", "layer": "no/such/tensor"}),
+                   400, "no tensor named")
+    assert_refused(client.post("/explain", files=upload, data={"method": "eigen-cam", "target": "5000"}), 400,
+                   "out of range")
+    assert_refused(client.post("/explain", files=upload, data={"method": "eigen-cam", "params": '{"nope": 1}'}),
+                   400, "no parameter 'nope'")
+    assert_refused(client.post("/explain", files=upload, data={"method": "eigen-cam", "colormap": "plaid"}), 400,
+                   "colormap")
+    assert_refused(client.post("/predict", files=upload, data={"output": "probs"}), 400, "no output named")
+
+
+def test_paths_in_requests_are_never_read(client):
+    """A path where the image belongs is not base64 of an image, and no file is opened."""
+    assert_refused(client.post("/predict", json={"image": str(CHELSEA)}), 400, "base64")
+    assert_refused(client.post("/predict", files={"image": (None, str(CHELSEA))}), 400, "base64")
+    assert_refused(client.post("/predict", json={"image": b64(str(CHELSEA).encode())}), 400, "decoded")
+
+
+def test_malformed_requests_are_422(client, chelsea):
+    headers = {"content-type": "application/json"}
+    assert_refused(client.post("/predict", content=b'{"image": ', headers=headers), 422, "json")
+    assert_refused(client.post("/predict", json=["not", "an", "object"]), 422, "object")
+    assert_refused(client.post("/predict", json={"top": 3}), 422, "image")
+    assert_refused(client.post("/predict", json={"image": b64(chelsea), "top": "many"}), 422, "top")
+    assert_refused(client.post("/predict", json={"image": b64(chelsea), "tpo": 3}), 422, "tpo")
+    assert_refused(client.post("/explain", json={"image": b64(chelsea)}), 422, "method")
+    assert_refused(client.post("/explain", json={"image": b64(chelsea), "method": "eigen-cam", "params": [1]}), 422,
+                   "params")
+    assert_refused(client.post("/explain", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}),
+                   422, "multipart")
+    assert_refused(client.post("/predict", content=b"hello", headers={"content-type": "text/plain"}), 415)
+
+
+class Gated:
+    """The explainer behind a gate: predictions wait until the test opens it, so a queue can be filled."""
+
+    def __init__(self, explainer):
+        self.explainer = explainer
+        self.gate = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.explainer, name)
+
+    def predict(self, *args, **kwargs):
+        assert self.gate.wait(30)
+        return self.explainer.predict(*args, **kwargs)
+
+
+def test_full_queue_is_503(explainer, chelsea):
+    """One worker busy and a queue of one: a third and fourth request are refused at once, the first two served."""
+    gated = Gated(explainer)
+    body = {"image": b64(chelsea), "top": 1}
+    with LiveServer(create_app(gated, workers=1, max_batch=1, queue_size=1)) as live, \
+            httpx.Client(base_url=live.url, timeout=60) as c, ThreadPoolExecutor(2) as pool:
+
+        def wait_for(key: str, value: int) -> None:
+            deadline = time.monotonic() + 10
+            while c.get("/health").json()[key] != value:
+                assert time.monotonic() < deadline, f"{key} never reached {value}"
+                time.sleep(0.01)
+
+        first = pool.submit(c.post, "/predict", json=body)
+        wait_for("running", 1)
+        second = pool.submit(c.post, "/predict", json=body)
+        wait_for("queued", 1)
+        refused = [c.post("/predict", json=body) for _ in range(2)]
+        gated.gate.set()
+        served = [first.result(), second.result()]
+    for response in refused:
+        assert_refused(response, 503, "busy")
+        assert response.headers["retry-after"] == "1"
+    assert [r.status_code for r in served] == [200, 200]
+
+
+def test_mounted_under_a_prefix(explainer, chelsea):
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    host = Starlette(routes=[Route("/", lambda request: PlainTextResponse("host app")),
+                             Mount("/xai", app=create_app(explainer))])
+    with LiveServer(host) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        assert c.get("/").text == "host app"
+        assert c.get("/xai/health").json()["status"] == "ok"
+        assert c.get("/xai/openapi.json").json()["servers"] == [{"url": "/xai"}]
+        answer = c.post("/xai/predict", files={"image": ("chelsea.jpg", chelsea, "image/jpeg")})
+    assert answer.status_code == 200 and top1(answer.json()) in CATS
+
+
+def test_load_40_explains_at_concurrency_8(client, chelsea):
+    body = {"image": b64(chelsea), "method": "eigen-cam"}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post("/explain", json=body), range(40)))
+    assert [a.status_code for a in answers] == [200] * 40
+    assert {a.json()["predictions"][0]["name"] for a in answers} <= CATS
+
+
+# ---- the command -------------------------------------------------------------------------------
+def test_serve_command_help_and_errors(tmp_path):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(serve_command, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--preset", "--labels", "--max-batch", "--max-body", "--device",
+                   "--queue-size"):
+        assert option in result.output
+    assert "127.0.0.1" in result.output
+    missing = CliRunner().invoke(serve_command, [str(tmp_path / "missing.onnx")])
+    assert isinstance(missing.exception, UserError)  # the `onnxplain` group prints it and exits 2
