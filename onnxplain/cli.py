@@ -202,7 +202,10 @@ def methods_command(as_json):
             click.echo(f"{'':<29}{params}")
 
 
+from .features.cli import features  # noqa: E402
 from .serve import serve_command  # noqa: E402  (starlette/uvicorn load only when serving)
+
+main.add_command(features)
 main.add_command(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover

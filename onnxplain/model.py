@@ -243,7 +243,8 @@ class Model:
     def tensors(self) -> dict[str, TensorInfo]:
         """Every input-dependent tensor: producing op, dtype, shape (inference + one probe run), layout."""
         shapes = self._inferred_shapes()
-        probe = self._probe_shapes({n for n, s in shapes.items() if s is None or s[1] is None or None in s[1]})
+        probe = self._probe_shapes({n for n, s in shapes.items()
+                                    if s is None or s[1] is None or not all(isinstance(d, int) for d in s[1][1:])})
         index: dict[str, TensorInfo] = {}
         layouts: dict[str, str | None] = {}
         for info in self.inputs:
@@ -388,11 +389,11 @@ def _dummy(node_arg, size: tuple[int, int]) -> np.ndarray:
 
 
 def _merge_dims(inferred: tuple[Dim, ...] | None, probed: tuple[int, ...], batch: Dim) -> tuple[Dim, ...]:
-    """Keep what inference knew (including symbolic names), fill the rest from the probe."""
-    merged = list(probed) if inferred is None or len(inferred) != len(probed) else \
-        [p if d is None else d for d, p in zip(inferred, probed)]
-    if not isinstance(batch, int) and len(merged) >= 2 and merged[0] == 1 and (inferred is None or inferred[0] is None):
-        merged[0] = batch
+    """Sizes from the probe (at the real input size); a symbolic batch dim keeps its name."""
+    merged = list(probed)
+    if len(merged) >= 2 and merged[0] == 1 and not isinstance(batch, int):
+        same_rank = inferred is not None and len(inferred) == len(probed)
+        merged[0] = inferred[0] if same_rank and inferred[0] is not None else batch
     return tuple(merged)
 
 
