@@ -1,0 +1,185 @@
+"""Reading an ONNX model for the converter: loading, opsets, op support, precision, attributes, weights."""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import AttributeProto, TensorProto, numpy_helper
+from onnx.external_data_helper import uses_external_data
+
+from .errors import UnsupportedModel
+from .registry import DEFAULT_DOMAINS, load_ops, lookup
+
+HALF_TYPES = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the converter tells about the node that produces a tensor."""
+
+    op_type: str
+    name: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    index: int
+
+
+def load_model(model: str | os.PathLike | bytes | onnx.ModelProto, *, external_data: bool = True) -> onnx.ModelProto:
+    """A ModelProto from a path (external data read from beside it), serialized bytes, or a ModelProto."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model))
+    return onnx.load(os.fspath(model), load_external_data=external_data)
+
+
+def opset_versions(model: onnx.ModelProto) -> dict[str, int]:
+    """Opset version per domain, with the default domain under ''."""
+    versions = {}
+    for imp in model.opset_import:
+        versions["" if imp.domain in DEFAULT_DOMAINS else imp.domain] = imp.version
+    return versions
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """The node's name, or a stand-in naming its position and first output when it has none."""
+    return node.name or f"#{index} -> {node.output[0] if node.output else ''}"
+
+
+def missing_ops(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
+    """(op_type, opset, node name) for every node whose op the registry lacks (empty when convertible)."""
+    load_ops()
+    versions = opset_versions(model)
+    missing = []
+    for index, node in enumerate(model.graph.node):
+        domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
+        opset = versions.get(domain, 1)
+        if lookup(node.op_type, opset, domain) is None:
+            op = node.op_type if not domain else f"{domain}.{node.op_type}"
+            missing.append((op, opset, node_label(node, index)))
+    return missing
+
+
+def check_precision(model: onnx.ModelProto) -> None:
+    """Raise UnsupportedModel for float16/bfloat16 inputs, outputs, weights or casts.
+
+    Half-precision gradients are too coarse for attribution and torch's CPU half
+    kernels do not match onnxruntime, so such models are refused rather than run loosely.
+    """
+    graph = model.graph
+    found: list[str] = []
+    for value in list(graph.input) + list(graph.output):
+        if value.type.tensor_type.elem_type in HALF_TYPES:
+            found.append(f"{HALF_TYPES[value.type.tensor_type.elem_type]} tensor '{value.name}'")
+    for tensor in graph.initializer:
+        if tensor.data_type in HALF_TYPES:
+            found.append(f"{HALF_TYPES[tensor.data_type]} weight '{tensor.name}'")
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
+                found.append(f"{HALF_TYPES[attr.t.data_type]} constant '{node.output[0]}'")
+            if node.op_type == "Cast" and attr.name == "to" and attr.i in HALF_TYPES:
+                found.append(f"cast to {HALF_TYPES[attr.i]} '{node.output[0]}'")
+    if found:
+        raise UnsupportedModel(
+            f"The converter runs float32/float64 models only and this one holds {found[0]}"
+            f"{f' (and {len(found) - 1} more)' if len(found) > 1 else ''}; convert it to float32 "
+            f"(e.g. onnxconverter_common.float16.convert_float16_to_float32) for gradient methods.")
+
+
+def topological_order(graph: onnx.GraphProto) -> list[tuple[int, onnx.NodeProto]]:
+    """(original index, node) in an order where every node follows its producers (stable)."""
+    produced_by: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            if name:
+                produced_by[name] = index
+    done: set[int] = set()
+    order: list[tuple[int, onnx.NodeProto]] = []
+
+    def visit(start: int) -> None:
+        stack = [(start, False)]
+        while stack:
+            index, expanded = stack.pop()
+            if index in done:
+                continue
+            if expanded:
+                done.add(index)
+                order.append((index, graph.node[index]))
+                continue
+            stack.append((index, True))
+            for name in reversed(graph.node[index].input):
+                producer = produced_by.get(name)
+                if producer is not None and producer not in done and producer != index:
+                    stack.append((producer, False))
+    for index in range(len(graph.node)):
+        visit(index)
+    return order
+
+
+def to_torch_tensor(tensor: TensorProto) -> torch.Tensor:
+    """A TensorProto (weights already in memory) as a CPU torch tensor."""
+    if uses_external_data(tensor):
+        raise UnsupportedModel(f"Weight '{tensor.name}' is stored in an external data file that was not loaded; "
+                               "pass the model's path (or load it with onnx.load(path)) so its data is read.")
+    array = numpy_helper.to_array(tensor)
+    if array.dtype == object or array.dtype.kind in "SU":
+        raise UnsupportedModel(f"Tensor '{tensor.name}' holds strings, which the converter cannot run.")
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def sparse_to_dense(sparse: onnx.SparseTensorProto) -> torch.Tensor:
+    """A SparseTensorProto as a dense CPU tensor."""
+    values = to_torch_tensor(sparse.values)
+    indices = to_torch_tensor(sparse.indices).to(torch.int64)
+    dense = torch.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+    if indices.dim() == 2:  # coordinates [nnz, rank] -> linear
+        strides = torch.tensor(np.cumprod([1] + list(sparse.dims)[::-1])[:-1][::-1].copy())
+        indices = (indices * strides).sum(-1)
+    dense[indices.reshape(-1)] = values.reshape(-1)
+    return dense.reshape(list(sparse.dims))
+
+
+def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as Python values (strings decoded, tensors as torch tensors)."""
+    values: dict[str, Any] = {}
+    for attr in node.attribute:
+        if attr.type == AttributeProto.TENSOR:
+            values[attr.name] = to_torch_tensor(attr.t)
+        elif attr.type == AttributeProto.SPARSE_TENSOR:
+            values[attr.name] = sparse_to_dense(attr.sparse_tensor)
+        elif attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            raise UnsupportedModel(f"Node '{node.name}' ({node.op_type}) holds a subgraph, which the converter "
+                                   "does not run.")
+        else:
+            value = onnx.helper.get_attribute_value(attr)
+            if isinstance(value, bytes):
+                value = value.decode()
+            elif isinstance(value, list) and value and isinstance(value[0], bytes):
+                value = [v.decode() for v in value]
+            values[attr.name] = value
+    return values
+
+
+def call_arguments(fn: Callable, node: onnx.NodeProto, attrs: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for fn: the attributes it accepts plus `output_count` where it asks for it.
+
+    An attribute the function does not know raises UnsupportedModel at build time,
+    so no node silently ignores a setting that changes its result.
+    """
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [name for name in attrs if name not in params and not takes_any]
+    if unknown:
+        raise UnsupportedModel(f"Node '{node.name}' ({node.op_type}) has attribute(s) {', '.join(unknown)} that the "
+                               "converter does not handle.")
+    kwargs = dict(attrs)
+    if "output_count" in params:  # outputs up to the last one the graph names (trailing "" are absent)
+        kwargs["output_count"] = max((i + 1 for i, name in enumerate(node.output) if name), default=0)
+    return kwargs
