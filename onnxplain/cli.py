@@ -202,10 +202,12 @@ def methods_command(as_json):
             click.echo(f"{'':<29}{params}")
 
 
+from .audit import audit_command  # noqa: E402  (each module imports only click at module level)
 from .features.cli import features  # noqa: E402
-from .serve import serve_command  # noqa: E402  (starlette/uvicorn load only when serving)
+from .serve import serve_command  # noqa: E402
 
 main.add_command(features)
+main.add_command(audit_command)
 main.add_command(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,539 @@
+"""Deployment-side audit: explanations of a folder of images with faithfulness, localisation, sanity and
+drift metrics, written as one self-contained HTML report and `audit.json`, with CI thresholds.
+
+Only click and the standard library are imported at module level, so mounting `audit_command` on the CLI
+keeps `onnxplain --help` fast; numpy, onnxruntime and the methods load when the command runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import click
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
+
+SCHEMA_VERSION = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+HTML_EVERY = 10  # images between HTML rewrites (audit.json is rewritten after every image)
+THUMB = 128      # pixels, long side of the thumbnails embedded in the report
+
+# name -> (per method, higher is better, what it needs, what it means)
+METRICS: dict[str, tuple[bool, bool, str | None, str]] = {
+    "insertion": (True, True, None, "mean insertion AUC: the target's score as the most salient pixels are added "
+                                    "to the insertion baseline (higher is better)"),
+    "deletion": (True, False, None, "mean deletion AUC: the target's score as the most salient pixels are "
+                                    "removed to the deletion baseline (lower is better)"),
+    "pointing": (True, True, "boxes", "pointing-game accuracy: share of images with boxes whose map maximum lies "
+                                      "within the tolerance of a box (higher is better)"),
+    "sanity": (True, True, "sanity", "1 when the method passes the randomisation sanity check, else 0"),
+    "sanity_spearman": (True, False, "sanity", "mean Spearman between original maps and maps after randomising "
+                                               "every weight layer (lower is better; > 0.5 fails the check)"),
+    "sanity_ssim": (True, False, "sanity", "mean SSIM between original maps and maps after randomising every "
+                                           "weight layer (lower is better)"),
+    "top1_agreement": (False, True, "compare", "share of images whose top-1 class is the same in both models"),
+    "top5_overlap": (False, True, "compare", "mean share of top-5 classes the two models have in common"),
+    "drift_spearman": (True, True, "compare", "mean Spearman between the two models' maps of the same class"),
+}
+
+
+# ---- thresholds --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Threshold:
+    """A CI gate: METRIC[:METHOD] must not be under (or over) VALUE."""
+    metric: str
+    method: str | None
+    value: float
+    bound: str  # "under" (fail when below) or "over" (fail when above)
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric}:{self.method}" if self.method else self.metric
+
+
+THRESHOLD = re.compile(r"^\s*([a-z0-9_]+)(?::([^=\s]+))?\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+def parse_threshold(text: str, bound: str = "under") -> Threshold:
+    """`insertion=0.3` or `insertion:grad-cam=0.3` as a Threshold; a UserError names what is wrong."""
+    option = f"--fail-{bound}"
+    match = THRESHOLD.match(text)
+    if not match:
+        raise UserError(f"{option} '{text}' is not METRIC=VALUE or METRIC:METHOD=VALUE; write e.g. "
+                        f"{option} insertion=0.3.")
+    metric, method, value = match.group(1), match.group(2), float(match.group(3))
+    if metric not in METRICS:
+        raise UserError(f"{option} names unknown metric '{metric}'; use one of {', '.join(METRICS)}.")
+    per_method, higher_better, _, _ = METRICS[metric]
+    if method and not per_method:
+        raise UserError(f"Metric '{metric}' is one value for the whole audit; drop ':{method}' from {option}.")
+    if higher_better != (bound == "under"):
+        other = "over" if bound == "under" else "under"
+        better = "higher" if higher_better else "lower"
+        raise UserError(f"Metric '{metric}' is better when {better}; gate it with --fail-{other} {metric}={value:g}.")
+    return Threshold(metric, method, value, bound)
+
+
+def check_thresholds(summary: dict, thresholds: Sequence[Threshold]) -> list[str]:
+    """One line per violated threshold (an unavailable value counts as violated)."""
+    violations = []
+    for gate in thresholds:
+        per_method = METRICS[gate.metric][0]
+        if per_method:
+            names = [gate.method] if gate.method else list(summary["methods"])
+            values = {f"{gate.metric}[{m}]": summary["methods"].get(m, {}).get(gate.metric) for m in names}
+        else:
+            values = {gate.metric: summary.get(gate.metric)}
+        for name, value in values.items():
+            if value is None or value != value:  # None or NaN: nothing measured
+                violations.append(f"{name} has no value (nothing was measured for it), required {gate.bound} "
+                                  f"limit {gate.value:g}")
+            elif (gate.bound == "under" and value < gate.value) or (gate.bound == "over" and value > gate.value):
+                violations.append(f"{name} = {value:.4f} is {gate.bound} {gate.value:g}")
+    return violations
+
+
+# ---- options and inputs ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditOptions:
+    """How the metrics are computed; defaults follow the papers where they say."""
+    methods: tuple[str, ...] = ("grad-cam",)
+    layer: str = "auto"
+    params: dict = field(default_factory=dict)  # method name -> {parameter: value}
+    steps: int = 32
+    probability: bool = True
+    deletion_baseline: str = "zero"
+    insertion_baseline: str = "blur"
+    tolerance: float = 15.0
+    sanity: bool = True
+    sanity_images: int = 2
+    sanity_steps: int = 4
+    top: int = 5
+
+
+def list_images(source: str | os.PathLike, limit: int | None = None) -> list[Path]:
+    """Image files under a folder (recursively, sorted by path), or one image file; at most `limit`."""
+    root = Path(source)
+    if root.is_file():
+        paths = [root]
+    elif root.is_dir():
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise UserError(f"Images folder '{root}' does not exist; pass a folder of images.")
+    if not paths:
+        raise UserError(f"No images in '{root}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be at least 1, not {limit}.")
+        paths = paths[:limit]
+    return paths
+
+
+def parse_method_params(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
+    """`METHOD:KEY=VALUE` strings as {method: {key: value}}, checked against each method's parameters."""
+    from . import methods as registry
+    params: dict[str, dict] = {}
+    for pair in pairs:
+        match = re.match(r"^([^:=]+):([^=]+)=(.*)$", pair)
+        if not match or match.group(1) not in methods:
+            raise UserError(f"Parameter '{pair}' is not METHOD:KEY=VALUE for one of the audited methods; "
+                            "write e.g. -p rise:n=1000.")
+        method, key, value = match.group(1), match.group(2).strip().replace("-", "_"), match.group(3).strip()
+        params.setdefault(method, {})[key] = value
+    for method, given in params.items():
+        params[method] = {k: getattr(registry.get(method).make_params(**given), k) for k in given}
+    return params
+
+
+# ---- the audit ----------------------------------------------------------------------------------
+class Audit:
+    """Runs the audit image by image and keeps `audit.json` (and, every few images, the HTML) current."""
+
+    def __init__(self, explainer: "Explainer", other: "Explainer | None", options: AuditOptions,
+                 boxes: dict | None, root: Path, out: Path, thresholds: Sequence[Threshold] = (),
+                 model_paths: Sequence[str] = ()):
+        self.explainer, self.other, self.options = explainer, other, options
+        self.boxes, self.root, self.out = boxes, root, out
+        self.thresholds = list(thresholds)
+        self.model_paths = list(model_paths)
+        self.records: list[dict] = []
+        self.thumbs: dict[str, str] = {}   # key -> base64 PNG, for the HTML only
+        self.sanity: dict[str, Any] = {}
+        self.drift_skipped: dict[str, str] = {}  # method -> why the second model cannot run it
+        self.interrupted = False
+        self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+
+    def layer_for(self, method: str) -> str | None:
+        from . import methods as registry
+        return self.options.layer if registry.get(method).uses_layer else None
+
+    def add_image(self, path: Path) -> dict:
+        """Predict, explain with every method, measure, and (with a second model) compare one image."""
+        from .errors import ImageError
+        from .metrics import boxes_for, deletion_insertion, image_drift, pointing_hit
+        explainer, options = self.explainer, self.options
+        key = str(len(self.records))
+        name = _display_name(path, self.root)
+        try:
+            batch = explainer.prepare([str(path)])
+        except ImageError as exc:
+            record = {"id": key, "image": name, "error": str(exc)}
+            self.records.append(record)
+            return record
+        [prediction] = explainer.predict(batch, top=options.top)
+        index, label, _, probability = prediction.top[0]
+        h, w = batch.originals[0].shape[:2]
+        record: dict[str, Any] = {
+            "id": key, "image": name, "size": [w, h],
+            "prediction": {"index": index, "name": label, "probability": probability},
+            "top": [{"index": i, "name": n, "probability": p} for i, n, _, p in prediction.top],
+            "methods": {}}
+        self.thumbs[key + "/image"] = _png64(batch.originals[0])
+        boxes = boxes_for(self.boxes, path, self.root) if self.boxes is not None else None
+        if boxes is not None:
+            record["boxes"] = [list(b) for b in boxes]
+        attributions = {}
+        for method in options.methods:
+            [attribution] = explainer.explain(batch, method=method, target=index, layer=self.layer_for(method),
+                                              **options.params.get(method, {}))
+            attributions[method] = attribution
+            deletion, insertion = deletion_insertion(
+                explainer, batch.x[0], attribution.upsampled, index, steps=options.steps,
+                probability=options.probability, deletion_baseline=options.deletion_baseline,
+                insertion_baseline=options.insertion_baseline)
+            entry = {"layer": attribution.layer, "deletion": deletion.auc, "insertion": insertion.auc,
+                     "curves": {"deletion": [float(s) for s in deletion.scores],
+                                "insertion": [float(s) for s in insertion.scores]}}
+            if boxes is not None:
+                entry["pointing"] = pointing_hit(attribution.heatmap, boxes, options.tolerance)
+            record["methods"][method] = entry
+            self.thumbs[f"{key}/{method}"] = _png64(_marked_overlay(attribution, boxes))
+        if self.other is not None:
+            methods = [m for m in options.methods if m not in self.drift_skipped]
+            drift = image_drift(explainer, self.other, str(path), methods, options.layer, options.top,
+                                options.params, attributions)
+            names = self.other.labels or []
+            record["compare"] = {
+                "prediction": {"index": drift.top_b[0],
+                               "name": names[drift.top_b[0]] if drift.top_b[0] < len(names) else ""},
+                "probability_of_top1": drift.probability_b, "top1_agree": drift.top1_agree,
+                "top5_overlap": drift.top5_overlap, "spearman": drift.spearman, "ssim": drift.ssim}
+        self.records.append(record)
+        return record
+
+    def add_sanity(self, paths: Sequence[Path]) -> None:
+        """The randomisation sanity check of every method on the first images."""
+        from .metrics import sanity_check
+        from .render import colorize, normalise
+        usable = [str(p) for p, r in zip(paths, self.records) if "error" not in r][:self.options.sanity_images]
+        if not usable:
+            return
+        for method in self.options.methods:
+            result = sanity_check(self.explainer, usable, method, layer=self.layer_for(method),
+                                  depths=self.options.sanity_steps, independent=self.options.sanity_steps,
+                                  progress_desc=f"sanity {method}", **self.options.params.get(method, {}))
+            self.sanity[method] = result.as_dict()
+            self.thumbs[f"sanity/{method}/original"] = _png64(colorize(normalise(result.original)))
+            for k, step in enumerate(result.steps):
+                if step.example is not None:
+                    self.thumbs[f"sanity/{method}/{k}"] = _png64(colorize(normalise(step.example)))
+
+    def ordered(self) -> list[dict]:
+        """Records in report order: with a second model the images that drift most first, else by name."""
+        records = [r for r in self.records if "error" not in r]
+        if self.other is None:
+            return sorted(records, key=lambda r: r["image"])
+
+        def drift_key(r):
+            c = r["compare"]
+            values = list(c["spearman"].values())
+            return (c["top1_agree"], c["top5_overlap"], sum(values) / len(values) if values else 1.0)
+        return sorted(records, key=drift_key)
+
+    def summary(self) -> dict:
+        """Per-method means and the model-level agreement: the values thresholds are checked against."""
+        done = [r for r in self.records if "error" not in r]
+        methods = {}
+        for method in self.options.methods:
+            entries = [r["methods"][method] for r in done if method in r["methods"]]
+            pointed = [e["pointing"] for e in entries if "pointing" in e]
+            values: dict[str, Any] = {
+                "deletion": _mean([e["deletion"] for e in entries]),
+                "insertion": _mean([e["insertion"] for e in entries]),
+                "pointing": _mean([float(p) for p in pointed]) if self.boxes is not None else None,
+                "pointing_images": len(pointed),
+                "mean_curves": {kind: _mean_curve([e["curves"][kind] for e in entries])
+                                for kind in ("deletion", "insertion")}}
+            if method in self.sanity:
+                s = self.sanity[method]
+                values.update(sanity=1.0 if s["passed"] else 0.0, sanity_spearman=s["final_spearman"],
+                              sanity_ssim=s["final_ssim"])
+            elif self.options.sanity:
+                values.update(sanity=None, sanity_spearman=None, sanity_ssim=None)
+            if self.other is not None:
+                values["drift_spearman"] = _mean([r["compare"]["spearman"][method] for r in done
+                                                  if method in r["compare"]["spearman"]])
+            methods[method] = values
+        summary: dict[str, Any] = {"images": len(done), "errors": len(self.records) - len(done), "methods": methods}
+        if self.other is not None:
+            summary["top1_agreement"] = _mean([float(r["compare"]["top1_agree"]) for r in done])
+            summary["top5_overlap"] = _mean([r["compare"]["top5_overlap"] for r in done])
+        return summary
+
+    def report(self) -> dict:
+        """Everything the audit found, JSON-ready (no images)."""
+        summary = self.summary()
+        options = asdict(self.options)
+        return {
+            "schema_version": SCHEMA_VERSION, "started": self.started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "complete": not self.interrupted, "models": self.model_paths,
+            "preprocess": asdict(self.explainer.preprocess), "device": self.explainer.device,
+            "options": options, "summary": summary,
+            "thresholds": [{"metric": t.label, "bound": t.bound, "value": t.value} for t in self.thresholds],
+            "violations": check_thresholds(summary, self.thresholds),
+            "sanity": self.sanity, "drift_skipped": self.drift_skipped,
+            "metrics": {name: meta[3] for name, meta in METRICS.items()},
+            "images": self.ordered(), "errors": [r for r in self.records if "error" in r]}
+
+    def write(self, html: bool = True) -> dict:
+        """Rewrite audit.json (and audit.html) from what is done so far; returns the report."""
+        from .report import write_html
+        report = self.report()
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.out / "audit.json", json.dumps(_finite(report), indent=1))
+        if html:
+            write_html(report, self.thumbs, self.out / "audit.html")
+        return report
+
+
+def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+              options: AuditOptions | None = None, compare: str | os.PathLike | None = None,
+              boxes: str | os.PathLike | None = None, thresholds: Sequence[Threshold] = (),
+              preset: str | None = None, labels: str | os.PathLike | None = None, device: str = "auto",
+              limit: int | None = None, quiet: bool = False) -> dict:
+    """Audit MODEL on a folder of images; writes `audit.html` and `audit.json` into `out` and returns the report.
+
+    Everything a user can get wrong (paths, methods, layer, boxes, thresholds) is checked before the first
+    image, so such an error writes nothing; after that, an interrupt (Ctrl-C) still writes what is done,
+    marked incomplete ("complete": false).
+    """
+    from . import methods as registry
+    from .explainer import Explainer
+    from .metrics import BASELINES, load_boxes
+    from .progress import progress
+    options = options or AuditOptions()
+    paths = list_images(images, limit)
+    for method in options.methods:
+        registry.get(method)
+    for kind in (options.deletion_baseline, options.insertion_baseline):
+        if kind not in BASELINES:
+            raise UserError(f"Unknown baseline '{kind}'; use one of {', '.join(BASELINES)}.")
+    if options.steps < 1:
+        raise UserError(f"--steps must be at least 1, not {options.steps}.")
+    for gate in thresholds:
+        need = METRICS[gate.metric][2]
+        if (need == "boxes" and boxes is None) or (need == "compare" and compare is None) or \
+                (need == "sanity" and not options.sanity):
+            flag = {"boxes": "--boxes FILE", "compare": "--compare OTHER.onnx", "sanity": "--sanity"}[need]
+            raise UserError(f"Threshold on '{gate.metric}' needs {flag}; add it or drop the threshold.")
+        if gate.method and gate.method not in options.methods:
+            raise UserError(f"Threshold names method '{gate.method}', which is not audited (--methods).")
+    box_map = load_boxes(boxes) if boxes is not None else None
+    explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet)
+    if any(registry.get(m).uses_layer for m in options.methods):
+        explainer.model.resolve_layer(options.layer)
+    torch_methods = [m for m in options.methods if registry.get(m).engine == "torch"]
+    if torch_methods:
+        explainer.module  # noqa: B018 - converts now: a model the converter cannot take fails before any work
+    other = None
+    if compare is not None:
+        other = Explainer(compare, preprocess=explainer.preprocess, labels=explainer.labels, device=device,
+                          quiet=quiet, input_size=explainer.model.probe_size)
+    root = Path(images) if Path(images).is_dir() else Path(images).parent
+    audit = Audit(explainer, other, options, box_map, root, Path(out), thresholds,
+                  [str(model)] + ([str(compare)] if compare is not None else []))
+    if other is not None and torch_methods and _converter_missing(other):
+        audit.drift_skipped = {m: "the second model has ops the torch converter does not take (quantised models "
+                                  "often do), so gradient methods cannot run on it" for m in torch_methods}
+    try:
+        for path in progress(paths, desc="audit", quiet=quiet, unit="image"):
+            audit.add_image(path)
+            audit.write(html=len(audit.records) % HTML_EVERY == 0)
+        if options.sanity:
+            audit.add_sanity(paths)
+    except BaseException:  # Ctrl-C (or a failure): what is done is still written, marked incomplete
+        audit.interrupted = True
+        raise
+    finally:
+        report = audit.write(html=True)
+    return report
+
+
+# ---- the command --------------------------------------------------------------------------------
+@click.command("audit")
+@click.argument("model", type=click.Path())
+@click.argument("images_dir", type=click.Path())
+@click.option("--methods", "-m", default="grad-cam", show_default=True, help="Method names, comma separated.")
+@click.option("--compare", type=click.Path(), default=None,
+              help="A second model file (e.g. its int8 quantisation): prediction and map drift.")
+@click.option("--boxes", type=click.Path(), default=None,
+              help='JSON {"image.jpg": [[x1, y1, x2, y2], ...]} in original pixels: the pointing game.')
+@click.option("--out", "out_dir", default="onnxplain-audit", show_default=True, type=click.Path(),
+              help="Folder for audit.html and audit.json.")
+@click.option("--fail-under", multiple=True, metavar="METRIC[:METHOD]=VALUE",
+              help="Exit 1 when a higher-is-better metric is below VALUE (insertion, pointing, sanity, "
+                   "top1_agreement, top5_overlap, drift_spearman). Repeatable.")
+@click.option("--fail-over", multiple=True, metavar="METRIC[:METHOD]=VALUE",
+              help="Exit 1 when a lower-is-better metric is above VALUE (deletion, sanity_spearman, sanity_ssim).")
+@click.option("--limit", type=int, default=None, help="Audit only the first N images (sorted by path).")
+@click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
+@click.option("--param", "-p", multiple=True, metavar="METHOD:KEY=VALUE", help="Method parameter (repeatable).")
+@click.option("--steps", default=32, show_default=True, help="Deletion/insertion steps.")
+@click.option("--score", type=click.Choice(["probability", "logit"]), default="probability", show_default=True,
+              help="What deletion/insertion follow: the target's softmax probability or its logit.")
+@click.option("--deletion-baseline", type=click.Choice(["zero", "black", "blur"]), default="zero",
+              show_default=True, help="zero = zeros in model space; black = a black image; blur = blurred image.")
+@click.option("--insertion-baseline", type=click.Choice(["zero", "black", "blur"]), default="blur",
+              show_default=True)
+@click.option("--tolerance", default=15.0, show_default=True, help="Pointing-game tolerance in pixels.")
+@click.option("--sanity/--no-sanity", default=True, show_default=True,
+              help="Run the randomisation sanity check.")
+@click.option("--sanity-images", default=2, show_default=True, help="Images the sanity check uses.")
+@click.option("--sanity-steps", default=4, show_default=True,
+              help="Cascade depths (and single layers) the sanity check evaluates, spread over the weight layers.")
+@click.option("--preset", default=None, help="Preprocessing preset (default: model metadata or imagenet).")
+@click.option("--labels", type=click.Path(), default=None, help="Class names, one per line.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.pass_context
+def audit_command(ctx, model, images_dir, methods, compare, boxes, out_dir, fail_under, fail_over, limit, layer,
+                  param, steps, score, deletion_baseline, insertion_baseline, tolerance, sanity, sanity_images,
+                  sanity_steps, preset, labels, device):
+    """Audit MODEL's explanations on IMAGES_DIR: deletion/insertion AUC, pointing game, randomisation
+    sanity check and drift against a second model; one self-contained audit.html plus audit.json.
+
+    Exit codes: 0 all thresholds met, 1 a --fail-under/--fail-over threshold violated, 2 a usage error,
+    130 interrupted (the partial report is written).
+    """
+    from . import progress
+    thresholds = [parse_threshold(t, "under") for t in fail_under] + [parse_threshold(t, "over") for t in fail_over]
+    names = tuple(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
+    if not names:
+        raise UserError("--methods names no method; write e.g. --methods grad-cam,score-cam.")
+    options = AuditOptions(methods=names, layer=layer, params=parse_method_params(param, names), steps=steps,
+                           probability=score == "probability", deletion_baseline=deletion_baseline,
+                           insertion_baseline=insertion_baseline, tolerance=tolerance, sanity=sanity,
+                           sanity_images=sanity_images, sanity_steps=sanity_steps)
+    out = Path(out_dir)
+    try:
+        report = run_audit(model, images_dir, out, options, compare=compare, boxes=boxes, thresholds=thresholds,
+                           preset=preset, labels=labels, device=device, limit=limit, quiet=progress.QUIET)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the partial report is in {out / 'audit.html'}", err=True)
+        ctx.exit(130)
+    click.echo(format_summary(report))
+    click.echo(f"report: {out / 'audit.html'}  data: {out / 'audit.json'}")
+    if report["violations"]:
+        for line in report["violations"]:
+            click.echo(f"FAIL {line}")
+        ctx.exit(1)
+
+
+def format_summary(report: dict) -> str:
+    """The summary as a few lines of text for the terminal."""
+    s = report["summary"]
+    lines = [f"{s['images']} images audited" + (f", {s['errors']} could not be read" if s["errors"] else "")]
+    if "top1_agreement" in s:
+        lines.append(f"top-1 agreement {s['top1_agreement']:.3f}  top-5 overlap {s['top5_overlap']:.3f}")
+    for method, v in s["methods"].items():
+        parts = [f"deletion {_fmt(v['deletion'])}", f"insertion {_fmt(v['insertion'])}"]
+        if v.get("pointing_images"):
+            parts.append(f"pointing {_fmt(v['pointing'])} ({v['pointing_images']} images)")
+        if v.get("sanity") is not None:
+            parts.append(f"sanity {'pass' if v['sanity'] else 'FAIL'} (spearman {_fmt(v['sanity_spearman'])})")
+        if "drift_spearman" in v:
+            parts.append(f"drift spearman {_fmt(v['drift_spearman'])}")
+        lines.append(f"{method:<16} " + "  ".join(parts))
+    return "\n".join(lines)
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def _converter_missing(explainer: "Explainer") -> bool:
+    """True when the torch converter cannot take the explainer's model."""
+    import onnxtorch
+    return bool(onnxtorch.check(explainer.model.proto))
+
+
+def _display_name(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _png64(image) -> str:
+    """A thumbnail (long side THUMB pixels) of an RGB uint8 image as base64 PNG."""
+    import base64
+    import cv2
+    from .render import encode_png
+    h, w = image.shape[:2]
+    scale = THUMB / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    return base64.b64encode(encode_png(thumb)).decode("ascii")
+
+
+def _marked_overlay(attribution, boxes):
+    """The overlay with the ground-truth boxes (green) and the map's maximum (white ring) drawn in."""
+    import cv2
+    import numpy as np
+    image = attribution.overlay().copy()
+    if boxes:
+        thick = max(1, round(max(image.shape[:2]) / 150))
+        for x1, y1, x2, y2 in boxes:
+            cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 255, 0), thick)
+        heatmap = attribution.heatmap
+        if heatmap.max() > heatmap.min():  # a constant map has no maximum to mark
+            row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+            cv2.circle(image, (int(col), int(row)), 2 * thick + 1, (255, 255, 255), thick)
+    return image
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    if not curves:
+        return []
+    return [sum(c[i] for c in curves) / len(curves) for i in range(len(curves[0]))]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinity as null: JSON has neither."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file so an interrupt never leaves half a file."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)

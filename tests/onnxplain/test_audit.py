@@ -1,0 +1,212 @@
+"""`onnxplain audit`: thresholds and exit codes, partial reports on interrupt, and the HTML report in a real
+headless Chromium (renders, every image loads, a header click sorts the rows; screenshot under test-artifacts/).
+
+The browser test needs Debian's chromium and chromium-driver and selenium from PyPI; without them it fails
+with the install line (set ONNXPLAIN_SKIP_BROWSER=1 to skip it deliberately).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import pytest
+from click.testing import CliRunner
+
+import helpers
+from onnxplain import metrics
+from onnxplain.audit import METRICS, Threshold, audit_command, check_thresholds, parse_threshold, run_audit, \
+    AuditOptions
+from onnxplain.cli import Group, main
+from onnxplain.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+# the real CLI once `audit` is mounted; until then a group with the same UserError handling
+CLI = main if "audit" in main.commands else Group(name="onnxplain", commands={"audit": audit_command})
+INSTALL = ("apt-get install -y chromium chromium-driver && pip install selenium "
+           "(or set ONNXPLAIN_SKIP_BROWSER=1 to skip this test)")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Three random 32x32 PNGs (one in a subfolder) and a boxes file for two of them."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    for path, image in zip(["a.png", "b.png", "sub/c.png"], helpers.random_images(3, seed=11)):
+        cv2.imwrite(str(root / path), image)
+    r0, r1, c0, c1 = helpers.REGION
+    (root / "boxes.json").write_text(json.dumps({"a.png": [[c0, r0, c1, r1]], "sub/c.png": [[0, 0, 2, 2]]}))
+    return root
+
+
+def audit(*args: str):
+    return CliRunner().invoke(CLI, ["audit", *args])
+
+
+# ---- thresholds ----------------------------------------------------------------------------------
+def test_parse_threshold():
+    assert parse_threshold("insertion=0.3") == Threshold("insertion", None, 0.3, "under")
+    assert parse_threshold("insertion:grad-cam=.25") == Threshold("insertion", "grad-cam", 0.25, "under")
+    assert parse_threshold("deletion=0.2", "over") == Threshold("deletion", None, 0.2, "over")
+    for text, bound, message in [("insertion", "under", "not METRIC=VALUE"), ("insertion=abc", "under", "not METRIC"),
+                                 ("accuracy=0.5", "under", "unknown metric"), ("deletion=0.2", "under", "--fail-over"),
+                                 ("top1_agreement:cam=1", "under", "one value")]:
+        with pytest.raises(UserError, match=message):
+            parse_threshold(text, bound)
+
+
+def test_check_thresholds():
+    summary = {"methods": {"a": {"insertion": 0.4, "pointing": None}, "b": {"insertion": 0.2}},
+               "top1_agreement": 0.9}
+    gates = [parse_threshold("insertion=0.3"), parse_threshold("insertion:a=0.3"), parse_threshold("pointing:a=0.5"),
+             parse_threshold("top1_agreement=0.95")]
+    assert check_thresholds(summary, gates) == [
+        "insertion[b] = 0.2000 is under 0.3", "pointing[a] has no value (nothing was measured for it), required "
+        "under limit 0.5", "top1_agreement = 0.9000 is under 0.95"]
+
+
+def test_cli_baseline_choices_match_the_metrics():
+    choices = next(p for p in audit_command.params if p.name == "deletion_baseline").type.choices
+    assert tuple(choices) == metrics.BASELINES
+    assert {"insertion", "deletion", "pointing", "top1_agreement"} <= set(METRICS)
+
+
+# ---- the command -----------------------------------------------------------------------------------
+def test_cli_exit_codes(region_model, folder, tmp_path):
+    common = [str(region_model), str(folder), "--methods", "eigen-cam", "--preset", "raw01", "--no-sanity",
+              "--steps", "8"]
+    bad = audit(*common, "--out", str(tmp_path / "bad"), "--fail-under", "insertion=1.5",
+                "--fail-under", "insertion:eigen-cam=0")
+    assert bad.exit_code == 1, bad.output
+    assert "FAIL insertion[eigen-cam]" in bad.output and "is under 1.5" in bad.output
+    report = json.loads((tmp_path / "bad" / "audit.json").read_text())
+    assert report["violations"] and report["complete"] and report["summary"]["images"] == 3
+    good = audit(*common, "--out", str(tmp_path / "good"), "--fail-under", "insertion=0", "--fail-over",
+                 "deletion=1", "--limit", "2")
+    assert good.exit_code == 0, good.output
+    assert json.loads((tmp_path / "good" / "audit.json").read_text())["summary"]["images"] == 2
+    assert (tmp_path / "good" / "audit.html").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fail-under", "insertion"], "is not METRIC=VALUE"),
+    (["--fail-under", "deletion=0.3"], "--fail-over deletion=0.3"),
+    (["--fail-under", "pointing=0.5"], "needs --boxes"),
+    (["--methods", "no-such-method"], "Unknown method"),
+    (["--boxes", "missing.json"], "does not exist"),
+    (["-p", "eigen-cam:nope=1"], "no parameter 'nope'"),
+])
+def test_cli_user_errors_exit_2_with_one_sentence(region_model, folder, tmp_path, extra, message):
+    args = [str(region_model), str(folder), "--methods", "eigen-cam", "--preset", "raw01", "--out",
+            str(tmp_path / "out")]
+    result = audit(*args, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # checked before any work
+
+
+def test_cli_full_audit_with_compare_boxes_and_sanity(region_model, folder, tmp_path):
+    out = tmp_path / "out"
+    result = audit(str(region_model), str(folder), "--methods", "eigen-cam", "--preset", "raw01", "--compare",
+                   str(region_model), "--boxes", str(folder / "boxes.json"), "--out", str(out), "--steps", "8",
+                   "--sanity-images", "1", "--fail-under", "top1_agreement=0.95", "--fail-under",
+                   "drift_spearman=0.99")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "audit.json").read_text())
+    summary = report["summary"]
+    assert summary["top1_agreement"] == 1.0 and summary["top5_overlap"] == 1.0
+    method = summary["methods"]["eigen-cam"]
+    assert method["drift_spearman"] == pytest.approx(1.0) and method["pointing_images"] == 2
+    assert {r["image"] for r in report["images"]} == {"a.png", "b.png", "sub/c.png"}
+    a = next(r for r in report["images"] if r["image"] == "a.png")
+    assert a["methods"]["eigen-cam"]["pointing"] is True  # RegionNet's maps peak inside REGION
+    assert len(a["methods"]["eigen-cam"]["curves"]["deletion"]) == 9
+    assert report["sanity"]["eigen-cam"]["steps"] and "passed" in report["sanity"]["eigen-cam"]
+
+
+def test_interrupt_writes_the_partial_report(region_model, folder, tmp_path, monkeypatch):
+    calls = []
+    original = metrics.deletion_insertion
+
+    def interrupt_on_second_image(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "deletion_insertion", interrupt_on_second_image)
+    out = tmp_path / "out"
+    result = audit(str(region_model), str(folder), "--methods", "eigen-cam", "--preset", "raw01", "--steps", "4",
+                   "--out", str(out))
+    assert result.exit_code == 130, result.output
+    assert "partial report" in result.output
+    report = json.loads((out / "audit.json").read_text())
+    assert report["complete"] is False and report["summary"]["images"] == 1
+    assert "Incomplete" in (out / "audit.html").read_text()
+
+
+# ---- the report in a real browser ----------------------------------------------------------------
+def chromium_driver():
+    """A headless Chromium driven by chromedriver, or pytest.fail naming what to install."""
+    if os.environ.get("ONNXPLAIN_SKIP_BROWSER") == "1":
+        pytest.skip("ONNXPLAIN_SKIP_BROWSER=1")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail(f"selenium is not installed; install the browser test's needs: {INSTALL}")
+    if not browser or not driver_path:
+        pytest.fail(f"chromium or chromedriver is not on PATH; install them: {INSTALL}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,2000",
+                f"--user-data-dir={tempfile.mkdtemp(prefix='onnxplain-chromium-')}"]:
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_report_in_headless_chromium(region_model, folder, tmp_path):
+    from selenium.webdriver.common.by import By
+    out = tmp_path / "out"
+    run_audit(region_model, folder, out, AuditOptions(methods=("eigen-cam",), steps=8, sanity_images=1),
+              compare=region_model, boxes=folder / "boxes.json", preset="raw01", quiet=True)
+    driver = chromium_driver()
+    try:
+        driver.get((out / "audit.html").resolve().as_uri())
+        assert driver.title == "onnxplain audit"
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        assert len(images) >= 3 * 2 + 1 and all(done and width > 0 for done, width in images)
+        table = driver.find_element(By.ID, "images-table")
+        header = next(th for th in table.find_elements(By.CSS_SELECTOR, "thead th") if th.text == "confidence")
+        column = header.get_attribute("cellIndex")
+
+        def values():
+            return driver.execute_script(
+                "return Array.from(document.querySelectorAll('#images-table tbody tr')).map("
+                "r => [r.getAttribute('data-image'), Number(r.cells[arguments[0]].getAttribute('data-value'))])",
+                int(column))
+
+        before = values()
+        header.click()
+        ascending = values()
+        header.click()
+        descending = values()
+        assert [v for _, v in ascending] == sorted(v for _, v in before)
+        assert [v for _, v in descending] == sorted((v for _, v in before), reverse=True)
+        assert len({v for _, v in before}) == 3  # distinct values: the two orders are each other's reverse
+        assert [n for n, _ in ascending] == [n for n, _ in descending][::-1]
+        assert ascending != descending  # each click reorders the rows
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        driver.execute_script("window.scrollTo(0, 0)")
+        assert driver.save_screenshot(str(artifacts / "audit-report.png"))
+    finally:
+        driver.quit()
