@@ -138,8 +138,9 @@ class Explainer:
                 self._module = onnxtorch.to_torch(self.model.proto).to(self.torch_device).eval()
             except onnxtorch.UnsupportedOp as exc:
                 ort_methods = ", ".join(m["name"] for m in method_registry.list_methods() if m["engine"] == "ort")
-                raise MethodError(f"{exc} Gradient methods need the converter; these methods still work: "
-                                  f"{ort_methods}.") from None
+                ops = ", ".join(f"{op} (node '{node}')" for op, _, node in exc.missing)
+                raise MethodError(f"The torch converter cannot run {ops} of this model, which gradient methods "
+                                  f"need; these methods still work: {ort_methods}.") from None
         return self._module
 
     # ---- public API -----------------------------------------------------------------------
