@@ -205,8 +205,10 @@ def methods_command(as_json):
 from .audit import audit_command  # noqa: E402  (each module imports only click at module level)
 from .features.cli import features  # noqa: E402
 from .serve import serve_command  # noqa: E402
+from .synthesis.cli import synth  # noqa: E402
 
 main.add_command(features)
+main.add_command(synth)
 main.add_command(audit_command)
 main.add_command(serve_command)
 
