@@ -1,0 +1,248 @@
+"""Occlusion (Zeiler & Fergus, 2014): slide a patch over the image and record how much the target's score drops.
+
+Also home of the helpers that every perturbation method shares: perturbed inputs are
+generated in chunks of one runtime batch, so memory stays flat whatever the number
+of perturbations, and one progress bar covers all chunks of an image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import cv2
+import numpy as np
+
+from ..errors import MethodError
+from ..model import TensorInfo
+from ..progress import progress
+from ..targets import ClassTarget, Target
+from . import register
+from .base import Method, RawMaps
+from .layers import channels_first
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from ..images import Prepared
+
+SCORES = ("logit", "probability")
+FILLS = ("zero", "mean", "blur", "constant")
+T = TypeVar("T")
+
+
+# ---- shared by the perturbation methods ---------------------------------------------------
+def chunk_size(explainer: "Explainer") -> int:
+    """Perturbed inputs to build at once: one runtime batch (1 for models with a fixed batch of 1)."""
+    return 1 if explainer.runtime.fixed_batch == 1 else max(1, explainer.runtime.batch_size)
+
+
+def run_chunks(explainer: "Explainer", chunks: Iterable[T], count: int, to_input: Callable[[T], np.ndarray],
+               outputs: Sequence[str], desc: str) -> Iterator[tuple[T, dict[str, np.ndarray]]]:
+    """Each chunk (masks, noise, window indices) with the model's outputs on the inputs `to_input` builds from it.
+
+    Chunks are pulled lazily, so only one chunk of perturbed inputs exists at a time; one progress bar
+    covers all `count` chunks.
+    """
+    for chunk in progress(chunks, desc=desc, quiet=explainer.quiet or count < 4, total=count, unit="batch"):
+        yield chunk, explainer.run(to_input(chunk), outputs)
+
+
+def with_score(target: Target, kind: str) -> Target:
+    """The target scoring logits or softmax probabilities as `kind` says; callable targets stay as given."""
+    if isinstance(target, ClassTarget):
+        return dataclasses.replace(target, probability=kind == "probability")
+    return target
+
+
+def check_choice(method: str, key: str, value: str, choices: Sequence[str]) -> None:
+    """A clear MethodError when a string parameter is not one of its choices."""
+    if value not in choices:
+        raise MethodError(f"Parameter '{key}' of method '{method}' cannot be '{value}'; use one of "
+                          f"{', '.join(choices)}.")
+
+
+def pair(method: str, key: str, value, auto: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) from an int or a pair; zeros take the `auto` value; anything else raises a MethodError."""
+    values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(values) != 2 or any(not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+        raise MethodError(f"Parameter '{key}' of method '{method}' must be whole pixels >= 1 as (h, w) or one "
+                          f"number (0 = automatic), not {value!r}.")
+    return (int(values[0]) or auto[0], int(values[1]) or auto[1])
+
+
+def image_score(target: Target, outputs: dict[str, np.ndarray], i: int) -> float:
+    """The target's score of image `i` in a batch of outputs."""
+    return float(target.score({k: v[i:i + 1] for k, v in outputs.items()})[0])
+
+
+# ---- occlusion ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OcclusionParams:
+    """window: (h, w) of the occluding patch; 0 = 1/14 of the input side (16 at 224).
+    stride: step between windows; 0 = half the window (windows overlap by half).
+    fill: what replaces the window: zero (0 in model-input space: the dataset's mean colour under mean/std
+      presets, black under raw presets), mean (the image's mean colour), blur (the image blurred with a
+      Gaussian of `blur_sigma`) or constant (`value`, in model-input space).
+    score: the target's softmax probability (as Zeiler & Fergus plot it) or its logit (class targets;
+      callable targets are used as given).
+    activation_layer: a tensor name (or auto): also map its total activation per window position.
+    class_map: also map the most probable class per window position, with a legend of those classes.
+    """
+    window: tuple[int, int] = (0, 0)
+    stride: tuple[int, int] = (0, 0)
+    fill: str = "zero"
+    value: float = 0.0
+    blur_sigma: float = 0.0  # 0 = half the window's longer side
+    score: str = "probability"
+    activation_layer: str = ""
+    class_map: bool = False
+
+
+@register
+class Occlusion(Method):
+    """Drop of the target's score when a patch hides each region, averaged over the windows covering a pixel.
+
+    Windows start every `stride` pixels; as in captum's Occlusion the last window of a row or column may be
+    cut by the border, so every pixel is covered, and the map is at input resolution.
+    """
+    name = "occlusion"
+    engine = "ort"
+    summary = "score drop when a sliding patch hides each region (Zeiler & Fergus)"
+    Params = OcclusionParams
+
+    def geometry(self, hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(window, stride) for an input size, validated with messages naming the parameter."""
+        h, w = hw
+        auto = (max(1, round(h / 14)), max(1, round(w / 14)))
+        window = pair(self.name, "window", self.params.window, auto)
+        stride = pair(self.name, "stride", self.params.stride, (max(1, window[0] // 2), max(1, window[1] // 2)))
+        if window[0] > h or window[1] > w:
+            raise MethodError(f"The occlusion window {window[0]}x{window[1]} is larger than the {h}x{w} input; "
+                              f"use a window of at most {h}x{w}.")
+        if stride[0] > window[0] or stride[1] > window[1]:
+            raise MethodError(f"The occlusion stride {stride[0]}x{stride[1]} is larger than the window "
+                              f"{window[0]}x{window[1]}, which would leave pixels never occluded; "
+                              "use a stride of at most the window.")
+        return window, stride
+
+    def validate(self) -> None:
+        p = self.params
+        check_choice(self.name, "fill", p.fill, FILLS)
+        check_choice(self.name, "score", p.score, SCORES)
+        if not math.isfinite(p.value):
+            raise MethodError(f"Parameter 'value' of method '{self.name}' must be a finite number, not {p.value}.")
+        if p.blur_sigma < 0:
+            raise MethodError(f"Parameter 'blur_sigma' of method '{self.name}' must be >= 0 (0 = automatic).")
+
+    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+        self.validate()
+        (wh, ww), (sh, sw) = self.geometry(batch.hw)
+        h, w = batch.hw
+        ys, xs = window_starts(h, wh, sh), window_starts(w, ww, sw)
+        rows, cols = spans(ys, wh, h), spans(xs, ww, w)  # (Py, H), (Px, W) bool: what each window covers
+        act_layer = explainer.model.resolve_layer(self.params.activation_layer) \
+            if self.params.activation_layer else None
+        extra = [act_layer] if act_layer and act_layer not in explainer.runtime.output_names else []
+        outputs = list(explainer.runtime.output_names) + extra
+        base = explainer.forward(batch, extra)
+        act_info = explainer.model.tensors[act_layer] if act_layer else None
+        sigma = self.params.blur_sigma or max(wh, ww) / 2
+        maps, extras = [], []
+        for i, target in enumerate(targets):
+            target = with_score(target, self.params.score)
+            fill = fill_value(batch.x[i], batch.spec.layout, self.params.fill, self.params.value, sigma)
+            scores, stats = self._occlude(explainer, batch, i, target, fill, rows, cols, outputs, act_info)
+            drops = image_score(target, base, i) - scores
+            maps.append(spread(drops, rows, cols))
+            info = {"drops": drops.astype(np.float32), "window": (wh, ww), "stride": (sh, sw),
+                    "window_rows": ys, "window_cols": xs}
+            if act_layer:
+                info.update(activation_extras(act_layer, tensor_channels(base[act_layer][i:i + 1], act_info)[0],
+                                              stats["activations"], drops.shape))
+            if self.params.class_map:
+                info["class_map"] = stats["classes"]
+                info["class_legend"] = {int(c): explainer.label(int(c)) for c in np.unique(stats["classes"])}
+            extras.append(info)
+        return RawMaps(np.stack(maps), extras)
+
+    def _occlude(self, explainer: "Explainer", batch: "Prepared", i: int, target: Target, fill, rows: np.ndarray,
+                 cols: np.ndarray, outputs: list[str], act_info: TensorInfo | None) -> tuple[np.ndarray, dict]:
+        """Scores (Py, Px) of image `i` with each window occluded, plus the optional per-window statistics
+        (per-channel activation totals, top class), reduced chunk by chunk to keep memory flat."""
+        ny, nx = len(rows), len(cols)
+        total, step = ny * nx, chunk_size(explainer)
+        x = batch.x[i][None]
+        chunks = (np.arange(s, min(s + step, total)) for s in range(0, total, step))
+
+        def occluded(k: np.ndarray) -> np.ndarray:
+            return np.where(batch.spatial_mask(rows[k // nx, :, None] & cols[k % nx, None, :]), fill, x)
+
+        scores, activations, classes = [], [], []
+        for _, out in run_chunks(explainer, chunks, math.ceil(total / step), occluded, outputs,
+                                 f"{self.name} {i + 1}/{len(batch)}"):
+            scores.append(np.asarray(target.score(out), np.float64))
+            if act_info:
+                activations.append(tensor_channels(out[act_info.name], act_info))
+            if self.params.class_map:
+                classes.append(out[target.output].reshape(len(out[target.output]), -1).argmax(1))
+        stats = {}
+        if act_info:
+            stats["activations"] = np.concatenate(activations)
+        if classes:
+            stats["classes"] = np.concatenate(classes).reshape(ny, nx).astype(np.int64)
+        return np.concatenate(scores).reshape(ny, nx), stats
+
+
+def window_starts(size: int, window: int, stride: int) -> np.ndarray:
+    """Start of each window along one side, as captum's Occlusion: every `stride`, the last one possibly cut."""
+    return np.arange(math.ceil((size - window) / stride) + 1) * stride
+
+
+def spans(starts: np.ndarray, window: int, size: int) -> np.ndarray:
+    """(positions, size) bool: which pixels of a side each window covers (clipped at the border)."""
+    pixels = np.arange(size)
+    return (pixels >= starts[:, None]) & (pixels < starts[:, None] + window)
+
+
+def spread(drops: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(H, W) map: each pixel's mean of the drops of the windows covering it (windows are row x column products)."""
+    r, c = rows.astype(np.float64), cols.astype(np.float64)
+    total = r.T @ drops @ c
+    count = np.outer(r.sum(0), c.sum(0))
+    return (total / count).astype(np.float32)
+
+
+def fill_value(x: np.ndarray, layout: str, fill: str, value: float, sigma: float) -> np.ndarray | float:
+    """What replaces the occluded pixels of one image (model layout): a scalar, a colour or a whole image."""
+    if fill == "zero":
+        return np.float32(0)
+    if fill == "constant":
+        return np.float32(value)
+    spatial = (1, 2) if layout == "NCHW" else (0, 1)
+    if fill == "mean":
+        return x.mean(axis=spatial, keepdims=True, dtype=np.float64).astype(np.float32)
+    hwc = x.transpose(1, 2, 0) if layout == "NCHW" else x
+    blurred = cv2.GaussianBlur(np.ascontiguousarray(hwc), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    blurred = blurred.reshape(hwc.shape)
+    return blurred.transpose(2, 0, 1) if layout == "NCHW" else blurred
+
+
+def tensor_channels(value: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """(N, C) totals per channel of a spatial tensor, or (N, 1) totals of any other tensor."""
+    if info.spatial:
+        return channels_first(value, info).sum((2, 3), dtype=np.float64)
+    return value.reshape(len(value), -1).sum(1, dtype=np.float64)[:, None]
+
+
+def activation_extras(layer: str, unoccluded: np.ndarray, totals: np.ndarray, shape: tuple[int, int]) -> dict:
+    """Total activation of `layer` per window position and, for a spatial layer, the total of its channel that
+    is strongest in the unoccluded image (the feature map Zeiler & Fergus follow in their Fig. 7b).
+
+    `unoccluded` (C,) and `totals` (windows, C) are per-channel totals from `tensor_channels`."""
+    info = {"activation_layer": layer, "layer_activation": totals.sum(1).reshape(shape).astype(np.float32)}
+    if totals.shape[1] > 1:
+        channel = int(unoccluded.argmax())
+        info["channel"] = channel
+        info["channel_activation"] = totals[:, channel].reshape(shape).astype(np.float32)
+    return info
