@@ -43,10 +43,18 @@ def model_options(func):
     return func
 
 
-def _explainer(model: str, preset: str | None, labels: str | None, device: str):
+def engine_option(func):
+    """--engine for commands that run forward-only methods (not part of model_options: other command
+    groups share that decorator and would need the argument too)."""
+    return click.option("--engine", default="auto", type=click.Choice(["auto", "ort", "torch"]), show_default=True,
+                        help="What runs forward-only methods: onnxruntime, or the torch converter (same results); "
+                             "auto is ort, or torch with --device cuda when only torch can use CUDA.")(func)
+
+
+def _explainer(model: str, preset: str | None, labels: str | None, device: str, engine: str = "auto"):
     from .explainer import Explainer
     from . import progress
-    return Explainer(model, preprocess=preset, labels=labels, device=device, quiet=progress.QUIET)
+    return Explainer(model, preprocess=preset, labels=labels, device=device, quiet=progress.QUIET, engine=engine)
 
 
 def _shape(shape) -> str:
@@ -60,9 +68,10 @@ def _shape(shape) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--top", default=5, show_default=True, help="Classes to show per image.")
 @model_options
-def inspect(model, images, spatial, as_json, top, preset, labels, device):
+@engine_option
+def inspect(model, images, spatial, as_json, top, preset, labels, device, engine):
     """Describe MODEL: producer, opset, inputs, outputs, weights, layers, the auto layer; top-k for IMAGES."""
-    explainer = _explainer(model, preset, labels, device)
+    explainer = _explainer(model, preset, labels, device, engine)
     report = describe(explainer, spatial)
     if images:
         report["predictions"] = [p.as_dict() for p in explainer.predict(list(images), top=top)]
@@ -96,6 +105,7 @@ def describe(explainer, spatial_only: bool = False) -> dict:
         "auto_layer": {"name": auto, "why": why},
         "converter": converter_status(model),
         "device": explainer.device,
+        "engine": explainer.engine,
     }
 
 
@@ -111,7 +121,7 @@ def converter_status(model) -> dict:
 
 def format_report(report: dict) -> str:
     lines = [f"model      {report['path']}", f"producer   {report['producer']}", f"opset      {report['opset']}",
-             f"device     {report['device']}"]
+             f"device     {report['device']} (engine {report.get('engine', 'ort')})"]
     for kind in ("inputs", "outputs"):
         for item in report[kind]:
             guess = f"  ({item['kind']})" if "kind" in item else ""
@@ -149,10 +159,12 @@ def format_report(report: dict) -> str:
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--colormap", default="jet", show_default=True)
 @model_options
-def explain(model, images, method, target, layer, output, param, out_dir, alpha, colormap, preset, labels, device):
+@engine_option
+def explain(model, images, method, target, layer, output, param, out_dir, alpha, colormap, preset, labels, device,
+            engine):
     """Explain IMAGES with one or more methods: overlay PNG, raw .npy, and explain.json in --out."""
     from .errors import UserError
-    explainer = _explainer(model, preset, labels, device)
+    explainer = _explainer(model, preset, labels, device, engine)
     params = _parse_params(param)
     batch = explainer.prepare(list(images))
     results = {}

@@ -1,6 +1,7 @@
 """The Explainer: one loaded model, its sessions and (lazily) its torch module, behind one API."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -13,9 +14,11 @@ from .errors import DeviceError, ImageError, MethodError, UserError
 from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
 from .methods.base import Attribution, Method
 from .model import Model
-from .runtime import Runtime, choose_providers
+from .runtime import BatchedRuntime, Runtime, TorchRuntime, per_image_bytes, plan_devices
 from .surgery import Split, split
 from .targets import BoxLayout, Context, Target, resolve
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,17 @@ class Explainer:
     `preprocess` is a preset name or a Preprocess; when None, the model's metadata
     (`onnxplain.preset`) or `imagenet` is used. Labels come from `labels`, or from the
     model's metadata (`onnxplain.labels`, a file beside the model).
+
+    `engine` runs the forward-only methods on onnxruntime ("ort") or on the torch converter ("torch",
+    same results); "auto" is ort, except that device "cuda" switches to torch (with a logged warning) when
+    onnxruntime cannot use CUDA but torch can. `batch_size` is the most images per forward pass; fewer
+    are run when the free memory of the device is short for the model's activations.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Model, preprocess: str | Preprocess | None = None,
                  device: str = "auto", labels: str | os.PathLike | Sequence[str] | None = None,
                  batch_size: int = 32, quiet: bool = False, input_name: str | None = None,
-                 input_size: tuple[int, int] | None = None):
+                 input_size: tuple[int, int] | None = None, engine: str = "auto"):
         self.model = Model.load(model, probe_size=input_size)
         meta = self.model.metadata
         self.input = next((i for i in self.model.inputs if i.name == input_name), self.model.inputs[0]) \
@@ -70,16 +78,40 @@ class Explainer:
         self.spec = InputSpec.from_shape(self.input.name, self.input.shape)
         self.preprocess = preset(preprocess or meta.get("onnxplain.preset", "imagenet"), size=input_size)
         self.labels = read_labels(labels if labels is not None else self._metadata_labels())
-        self.providers = choose_providers(device)
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-        if device == "auto" and self.device == "cpu":
-            self.torch_device = _torch_cuda_or_cpu()
-        else:
-            self.torch_device = self.device
+        plan = plan_devices(device, engine, self._convertible)
+        if plan.note:
+            log.warning(plan.note)
+        if plan.engine == "torch" and not self._convertible():
+            raise MethodError("Engine torch needs the torch converter, which cannot run this model "
+                              "(see `onnxplain inspect`); use engine ort.")
+        self.providers, self.engine, self.device = plan.providers, plan.engine, plan.device
+        self._torch_device, self._torch_problem = plan.torch_device, plan.torch_problem
         self.quiet = quiet
-        self.runtime = Runtime(self.model.proto, self.providers, batch_size=batch_size, quiet=quiet)
         self._module = None
-        self._splits: dict[str, tuple[Split, Runtime]] = {}
+        self._splits: dict[str, tuple[Split, BatchedRuntime]] = {}
+        footprint = per_image_bytes((t.dtype, t.shape) for t in self.model.tensors.values())
+        self.runtime = self._runtime(self.model.proto, batch_size, footprint)
+
+    @property
+    def torch_device(self) -> str:
+        """Where torch runs: gradient methods, and forward-only methods with engine torch."""
+        if self._torch_problem:
+            raise DeviceError(f"CUDA was asked for but {self._torch_problem}.")
+        return self._torch_device
+
+    def _runtime(self, proto, batch_size: int, per_image: int | None = None) -> BatchedRuntime:
+        """A runtime for `proto` (the model, or a tail of it) on this explainer's engine and device."""
+        if self.engine == "torch":
+            return TorchRuntime(proto, lambda: self.module, self.torch_device, batch_size, self.quiet, per_image)
+        return Runtime(proto, self.providers, batch_size, self.quiet, per_image)
+
+    def _convertible(self) -> bool:
+        """Whether the torch converter takes this model (cheap: nothing is built)."""
+        try:
+            import onnxtorch
+        except ImportError:  # pragma: no cover - the converter ships with onnxplain
+            return False
+        return not onnxtorch.check(self.model.proto)
 
     def _metadata_labels(self) -> str | None:
         name = self.model.metadata.get("onnxplain.labels")
@@ -119,11 +151,11 @@ class Explainer:
             raise UserError(f"The model has no output named '{output}' (outputs: {', '.join(names)}).")
         return output
 
-    def tail(self, layer: str) -> tuple[Split, Runtime]:
-        """The model split at `layer` and a runtime for its tail, built once per layer."""
+    def tail(self, layer: str) -> tuple[Split, BatchedRuntime]:
+        """The model split at `layer` and a runtime for its tail (on the explainer's engine), built once per layer."""
         if layer not in self._splits:
             cut = split(self.model.proto, layer)
-            self._splits[layer] = (cut, Runtime(cut.tail, self.providers, self.runtime.batch_size, self.quiet))
+            self._splits[layer] = (cut, self._runtime(cut.tail, self.runtime.batch_size))
         return self._splits[layer]
 
     @property
@@ -211,11 +243,3 @@ class Explainer:
 def _softmax(row: np.ndarray) -> np.ndarray:
     e = np.exp(row - row.max())
     return e / e.sum()
-
-
-def _torch_cuda_or_cpu() -> str:
-    try:
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
