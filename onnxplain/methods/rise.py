@@ -33,9 +33,12 @@ class RiseParams:
 
 @register
 class Rise(Method):
-    """sum_i score(x * M_i) M_i / (n p) (with a control variate by default): each mask is a random s x s binary grid, bilinearly upsampled to
-    (s + 1) x cell pixels (cell = ceil(side / s)) and cropped at a random shift in [0, cell), as the
-    authors' code does; masked pixels go to 0 in model-input space."""
+    """sum_i score(x * M_i) M_i / (n p), with a control variate by default.
+
+    Each mask is a random s x s binary grid, bilinearly upsampled to (s + 1) x cell pixels
+    (cell = ceil(side / s)) and cropped at a random shift in [0, cell), as the authors' code does;
+    masked pixels go to 0 in model-input space.
+    """
     name = "rise"
     engine = "ort"
     summary = "score-weighted average of random smooth masks (Petsiuk et al.)"
@@ -62,9 +65,13 @@ class Rise(Method):
             target = with_score(target, self.params.score)
             x = batch.x[i][None]
             chunks = (masks.make(s, min(s + step, n)) for s in range(0, n, step))
+
+            def masked(m: np.ndarray, x=x) -> np.ndarray:
+                return x * batch.spatial_mask(m)
+
             weighted, coverage, scores = np.zeros(batch.hw), np.zeros(batch.hw), []
-            for chunk, out in run_chunks(explainer, chunks, math.ceil(n / step),
-                                         lambda m, x=x: x * batch.spatial_mask(m), outputs, f"rise {i + 1}/{len(batch)}"):
+            for chunk, out in run_chunks(explainer, chunks, math.ceil(n / step), masked, outputs,
+                                         f"{self.name} {i + 1}/{len(batch)}"):
                 scores.append(np.asarray(target.score(out), np.float64))
                 weighted += (scores[-1].astype(np.float32) @ chunk.reshape(len(chunk), -1)).reshape(batch.hw)
                 coverage += chunk.sum(0)
