@@ -10,19 +10,9 @@ from pathlib import Path
 
 import click
 
+from .clikit import Group
+
 SCHEMA_VERSION = 1
-
-
-class Group(click.Group):
-    """Click group that turns a UserError into one line on stderr and exit code 2."""
-
-    def invoke(self, ctx):
-        from .errors import UserError
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

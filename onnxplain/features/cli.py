@@ -10,22 +10,12 @@ from pathlib import Path
 
 import click
 
-
-class FeaturesGroup(click.Group):
-    """Click group that turns a UserError into one line on stderr and exit code 2."""
-
-    def invoke(self, ctx):
-        from ..errors import UserError
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+from ..clikit import Group
 
 
-features = FeaturesGroup("features", help="What layers and filters see: activations, dead filters, kernels, "
-                                          "top-k patches, receptive fields, embeddings, neighbours, t-SNE maps.",
-                         context_settings={"help_option_names": ["-h", "--help"]})
+features = Group("features", help="What layers and filters see: activations, dead filters, kernels, "
+                                  "top-k patches, receptive fields, embeddings, neighbours, t-SNE maps.",
+                 context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def model_options(func):

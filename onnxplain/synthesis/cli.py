@@ -10,22 +10,12 @@ from pathlib import Path
 
 import click
 
-
-class SynthGroup(click.Group):
-    """Click group that turns a UserError into one line on stderr and exit code 2."""
-
-    def invoke(self, ctx):
-        from ..errors import UserError
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+from ..clikit import Group
 
 
-synth = SynthGroup("synth", help="What a neuron wants to see: activation maximisation, class visualisation, "
-                                 "DeepDream, inversion, fooling images, texture and style.",
-                   context_settings={"help_option_names": ["-h", "--help"]})
+synth = Group("synth", help="What a neuron wants to see: activation maximisation, class visualisation, "
+                              "DeepDream, inversion, fooling images, texture and style.",
+                context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def common_options(func):
