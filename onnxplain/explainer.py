@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -173,6 +174,9 @@ class Explainer:
                 ops = ", ".join(f"{op} (node '{node}')" for op, _, node in exc.missing)
                 raise MethodError(f"The torch converter cannot run {ops} of this model, which gradient methods "
                                   f"need; these methods still work: {ort_methods}.") from None
+            except onnxtorch.ConversionError as exc:
+                raise MethodError(f"The torch converter cannot take this model ({exc}); use a method that runs "
+                                  "on onnxruntime (see `onnxplain methods`).") from None
         return self._module
 
     # ---- public API -----------------------------------------------------------------------
@@ -216,7 +220,7 @@ class Explainer:
         index = [i for i, targets in enumerate(per_image) for _ in targets]
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
         work = batch if len(index) == len(batch) else batch.select(index)
-        raw = cls(method_params).explain(self, work, flat_targets, layer_name)
+        raw = self._run_method(cls(method_params), work, flat_targets, layer_name)
         return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], raw.extras[i], output)
                 for i, t in enumerate(flat_targets)]
 
@@ -228,6 +232,17 @@ class Explainer:
         if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
             raise ImageError("explain_bytes takes the encoded image as bytes, not a path; read the file first.")
         return self.explain(self.prepare(bytes(image_bytes)), method=method, **kwargs)
+
+    def _run_method(self, method: Method, batch: Prepared, targets: list[Target], layer: str | None):
+        """Run a method; an op the converter refuses at run time (an unsupported mode) is a user-facing error."""
+        try:
+            return method.explain(self, batch, targets, layer)
+        except Exception as exc:
+            converter = sys.modules.get("onnxtorch")  # loaded only when a torch method ran
+            if converter is not None and isinstance(exc, converter.ConversionError):
+                raise MethodError(f"Method '{method.name}' cannot run on this model: {exc}; use a method that "
+                                  "runs on onnxruntime (see `onnxplain methods`).") from None
+            raise
 
     def _attribution(self, cls: type[Method], params: Any, batch: Prepared, i: int, target: Target,
                      layer: str | None, raw: np.ndarray, extras: dict, output: str) -> Attribution:

@@ -6,6 +6,8 @@ from typing import Sequence
 import torch
 from onnx import TensorProto
 
+from ..errors import UnsupportedModel
+
 ONNX_TO_TORCH_DTYPE = {
     TensorProto.FLOAT: torch.float32, TensorProto.DOUBLE: torch.float64,
     TensorProto.FLOAT16: torch.float16, TensorProto.BFLOAT16: torch.bfloat16,
@@ -69,4 +71,4 @@ def to_dtype(onnx_type: int) -> torch.dtype:
     try:
         return ONNX_TO_TORCH_DTYPE[onnx_type]
     except KeyError:
-        raise NotImplementedError(f"ONNX data type {TensorProto.DataType.Name(onnx_type)} has no torch equivalent")
+        raise UnsupportedModel(f"ONNX data type {TensorProto.DataType.Name(onnx_type)} has no torch equivalent")

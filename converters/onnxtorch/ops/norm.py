@@ -6,6 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import UnsupportedModel
 from ..registry import register
 
 
@@ -18,7 +19,7 @@ def batch_normalization(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
     Statistics that require grad (a module built with requires_grad=True) take the
     explicit formula, since torch's batch_norm refuses gradients for running stats."""
     if training_mode:
-        raise NotImplementedError("BatchNormalization with training_mode=1 is not supported")
+        raise UnsupportedModel("BatchNormalization with training_mode=1 is not supported")
     if scale.dim() == 1 and not (mean.requires_grad or var.requires_grad):
         return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
     # explicit form; also spatial=0 (opset < 9) with per-element statistics of shape C x D1 x ...

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import UnsupportedModel
 from ..registry import register
 from .conv import resolve_pads, torch_pad_order
 
@@ -65,7 +66,7 @@ def max_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, d
     padding = direct_padding(pads, kernel, dilations)
     if output_count > 1:
         if padding is None or storage_order != 0:
-            raise NotImplementedError("MaxPool indices are supported for symmetric pads and storage_order 0 only")
+            raise UnsupportedModel("MaxPool indices are supported for symmetric pads and storage_order 0 only")
         y, idx = MAX_POOL[n](x, kernel, strides, padding, dilations, bool(ceil_mode), return_indices=True)
         plane = math.prod(x.shape[2:])
         offset = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(x.shape[0], x.shape[1], *[1] * n)
@@ -82,7 +83,7 @@ def average_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 
     """ONNX AveragePool; with explicit pads and count_include_pad=0 the divisor counts input cells only."""
     kernel, strides, dilations, pads = pool_geometry(x, kernel_shape, strides, dilations, pads, auto_pad)
     if any(d != 1 for d in dilations):
-        raise NotImplementedError("AveragePool with dilations is not supported")
+        raise UnsupportedModel("AveragePool with dilations is not supported")
     n = len(kernel)
     sizes = pool_output_sizes(x.shape[2:], kernel, strides, dilations, pads, bool(ceil_mode))
     pool = AVG_POOL[n]
@@ -104,7 +105,7 @@ def lp_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, di
     """ONNX LpPool: (sum over the window of |x|^p)^(1/p), zero pads."""
     kernel, strides, dilations, pads = pool_geometry(x, kernel_shape, strides, dilations, pads, auto_pad)
     if any(d != 1 for d in dilations):
-        raise NotImplementedError("LpPool with dilations is not supported")
+        raise UnsupportedModel("LpPool with dilations is not supported")
     sizes = pool_output_sizes(x.shape[2:], kernel, strides, dilations, pads, bool(ceil_mode))
     powered = F.pad(x.abs().pow(p), torch_pad_order(pads))
     if len(kernel) == 1:  # avg_pool1d has no divisor_override

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..errors import UnsupportedModel
 from ..registry import register
 from .common import axis_list, floats, ints
 
@@ -37,7 +38,7 @@ def source_coordinates(out: int, size: int, scale: float, mode: str, roi: tuple[
         if out > 1:
             return start * (size - 1) + x * ((end - start) * (size - 1) / (out - 1))
         return torch.full((out,), 0.5 * (start + end) * (size - 1))
-    raise NotImplementedError(f"Resize coordinate_transformation_mode '{mode}' is not supported")
+    raise UnsupportedModel(f"Resize coordinate_transformation_mode '{mode}' is not supported")
 
 
 def nearest_index(coord: torch.Tensor, mode: str, scale: float) -> torch.Tensor:
@@ -53,7 +54,7 @@ def nearest_index(coord: torch.Tensor, mode: str, scale: float) -> torch.Tensor:
     elif mode == "simple":  # Upsample and Resize-10
         idx = torch.ceil(coord) if scale < 1 else torch.trunc(coord)
     else:
-        raise NotImplementedError(f"Resize nearest_mode '{mode}' is not supported")
+        raise UnsupportedModel(f"Resize nearest_mode '{mode}' is not supported")
     return idx.to(torch.int64)
 
 
@@ -100,7 +101,7 @@ def resize_axis(x: torch.Tensor, axis: int, out: int, scale: float, roi: tuple[f
         y = sum(x.index_select(axis, n.clamp(0, size - 1).to(x.device)) * along(w, axis, x.dim(), x)
                 for w, n in zip(weights, neighbours))
     else:
-        raise NotImplementedError(f"Resize mode '{mode}' is not supported")
+        raise UnsupportedModel(f"Resize mode '{mode}' is not supported")
     if transform == "tf_crop_and_resize":
         outside = along(((coord < 0) | (coord > size - 1)).to(torch.float32), axis, x.dim(), x).bool()
         y = torch.where(outside, torch.tensor(extrapolation_value, dtype=y.dtype, device=y.device), y)
@@ -124,7 +125,7 @@ def resize_core(x: torch.Tensor, scales: list[float] | None, sizes: list[int] | 
     else:
         sizes = [int(math.floor(i * s)) for i, s in zip(inputs, scales)]
     if antialias and mode != "nearest" and any(s < 1 for s in scales):
-        raise NotImplementedError("Resize with antialias when downsampling is not supported")
+        raise UnsupportedModel("Resize with antialias when downsampling is not supported")
     n = len(axes)
     for k, (axis, out, scale) in enumerate(zip(axes, sizes, scales)):
         if out == x.shape[axis] and scale == 1.0 and transform != "tf_crop_and_resize":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UnsupportedModel
 from ..registry import register
 from .common import axis_list, ints, scalar, to_dtype
 
@@ -24,7 +25,7 @@ def constant(*, value=None, value_float=None, value_floats=None, value_int=None,
         return torch.tensor(value_int, dtype=torch.int64)
     if value_ints is not None:
         return torch.tensor(value_ints, dtype=torch.int64)
-    raise NotImplementedError("Constant node without a numeric value (strings are not supported)")
+    raise UnsupportedModel("Constant node without a numeric value (strings are not supported)")
 
 
 @register("ConstantOfShape", since=9)
@@ -158,7 +159,7 @@ def scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, *,
                reduction: str = "none") -> torch.Tensor:
     """Copy of x with the slices addressed by `indices` replaced by (or, reduction='add', added to) updates."""
     if reduction not in ("none", "add"):
-        raise NotImplementedError(f"ScatterND reduction '{reduction}' is not supported")
+        raise UnsupportedModel(f"ScatterND reduction '{reduction}' is not supported")
     idx = indices.to(device=x.device, dtype=torch.int64)
     return x.index_put(tuple(idx.unbind(-1)), updates, accumulate=reduction == "add")
 
@@ -172,7 +173,7 @@ def scatter_elements(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tens
         return torch.scatter(x, axis, idx, updates)
     if reduction == "add":
         return torch.scatter_add(x, axis, idx, updates)
-    raise NotImplementedError(f"ScatterElements reduction '{reduction}' is not supported")
+    raise UnsupportedModel(f"ScatterElements reduction '{reduction}' is not supported")
 
 
 TORCH_PAD_MODES = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}
