@@ -1,15 +1,12 @@
 """Shared fixtures: tiny exported models (once per session) and the real bundled model."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import helpers  # noqa: E402
-import real_models  # noqa: E402
+import helpers  # tests/ is on sys.path after the repository and converters/ (pyproject: pythonpath), so
+import real_models  # tests/onnxtorch and tests/onnxplain never shadow the packages of the same names
 
 
 @pytest.fixture(scope="session")
