@@ -215,3 +215,8 @@ def tsne(embedding, method, seed, perplexity, init, side, tile, out_dir):
          "points": [{"name": n, "x": float(x), "y": float(y), "predicted": p}
                     for n, (x, y), p in zip(loaded.names, coords, loaded.predicted)]}, indent=2))
     click.echo(f"{len(loaded)} points -> {scatter}, {grid}, {out / (method + '.json')}")
+
+
+from ..interpretable import peaks_command  # noqa: E402  (click/numpy at module level; torch only inside)
+
+features.add_command(peaks_command)
