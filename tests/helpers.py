@@ -1,6 +1,7 @@
 """Tiny models built in plain torch and exported at test time, shared by the onnxplain tests."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,28 @@ def peak(heatmap: np.ndarray) -> tuple[int, int]:
 def in_region(point: tuple[int, int], region=REGION) -> bool:
     r0, r1, c0, c1 = region
     return r0 <= point[0] < r1 and c0 <= point[1] < c1
+
+
+@functools.lru_cache(maxsize=None)
+def region_class_images() -> tuple[np.ndarray, ...]:
+    """One 32x32 image per RegionNet class with positive evidence for it in REGION (gradient ascent on the
+    class's margin, seeded). On noise, RegionNet's region holds mostly negative evidence for every class, and
+    methods that average many pixels at once (RISE) then have no positive region to find."""
+    net = RegionNet().eval()
+    images = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny net: extra threads only contend (4x slower on a busy 2-core runner)
+    for c in range(3):
+        torch.manual_seed(c)
+        z = torch.randn(1, 3, 32, 32, requires_grad=True)
+        opt = torch.optim.Adam([z], lr=0.1)
+        others = [k for k in range(3) if k != c]
+        for _ in range(60):
+            logits = net(torch.sigmoid(z))[0]
+            loss = torch.logsumexp(logits[others], 0) - logits[c]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        images.append((torch.sigmoid(z)[0].permute(1, 2, 0).detach().numpy() * 255).round().astype(np.uint8))
+    torch.set_num_threads(threads)
+    return tuple(images)

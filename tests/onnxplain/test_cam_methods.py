@@ -5,7 +5,6 @@ whole model), every method on NCHW, NHWC and token layouts, and a pointing game 
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import onnx
@@ -36,28 +35,6 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
-@functools.lru_cache(maxsize=None)
-def class_images() -> tuple[np.ndarray, ...]:
-    """One 32x32 image per RegionNet class, by gradient ascent on the class's margin (seeded).
-
-    On noise, RegionNet's class 2 wins everywhere and the others have only negative evidence, so their
-    relu'd maps are all zero and have no peak; these inputs give every class positive evidence.
-    """
-    net = helpers.RegionNet().eval()
-    images = []
-    for c in range(3):
-        torch.manual_seed(c)
-        z = torch.randn(1, 3, 32, 32, requires_grad=True)
-        opt = torch.optim.Adam([z], lr=0.1)
-        others = [k for k in range(3) if k != c]
-        for _ in range(60):
-            logits = net(torch.sigmoid(z))[0]
-            loss = torch.logsumexp(logits[others], 0) - logits[c]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        images.append((torch.sigmoid(z)[0].permute(1, 2, 0).detach().numpy() * 255).round().astype(np.uint8))
-    return tuple(images)
 
 
 class NHWCHead(nn.Module):
@@ -176,7 +153,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_peaks_in_region_for_each_class(method, region_model):
     """Tolerance: none; the argmax of the upsampled map lies in REGION for classes 0, 1 and 2."""
-    result = explainer(region_model).explain(list(class_images()), method=method, target=[0, 1, 2])
+    result = explainer(region_model).explain(list(helpers.region_class_images()), method=method, target=[0, 1, 2])
     for c, attribution in enumerate(result):
         assert attribution.target["index"] == c
         assert attribution.raw.shape == (16, 16) and np.isfinite(attribution.raw).all()
@@ -187,7 +164,7 @@ def test_every_method_peaks_in_region_for_each_class(method, region_model):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_on_nhwc_input_and_matches_nchw(method, region_model, nhwc_model):
     """The NHWC model is RegionNet behind a transpose: same maps (relative 1e-5), peaks in REGION."""
-    images = list(class_images())
+    images = list(helpers.region_class_images())
     nchw = explainer(region_model).explain(images, method=method, target=[0, 1, 2])
     nhwc = explainer(nhwc_model).explain(images, method=method, target=[0, 1, 2])
     for a, b in zip(nhwc, nchw):
@@ -209,7 +186,7 @@ def test_methods_run_on_nhwc_and_token_layers(method, nhwc_layer_model, token_mo
 def test_cam_equals_weighted_sum_of_torch_weights(region_model):
     """CAM (relu off) == sum_k fc.weight[c, k] * A_k from the torch model (relative 1e-5), and with a mean
     pooling head its mean plus the bias is the logit (relative 1e-5)."""
-    images = list(class_images())
+    images = list(helpers.region_class_images())
     ex = explainer(region_model)
     result = ex.explain(images, method="cam", target=[0, 1, 2], relu=False)
     net = helpers.RegionNet().eval()
@@ -296,7 +273,7 @@ def score_cam_reference(path, layer: str, x: np.ndarray, classes, keep: int | No
 def test_score_cam_equals_reference_loop(keep, region_model):
     """Batched Score-CAM == an unbatched reference loop (relative 1e-5), with all channels and the top 3."""
     ex = explainer(region_model)
-    images = list(class_images())
+    images = list(helpers.region_class_images())
     layer = ex.model.auto_layer()[0]
     result = ex.explain(images, method="score-cam", target=[0, 1, 2], channels=keep)
     expected = score_cam_reference(region_model, layer, ex.prepare(images).x, [0, 1, 2], keep)
@@ -308,7 +285,7 @@ def test_score_cam_equals_reference_loop(keep, region_model):
 def test_score_cam_blur_baseline_and_bad_params(region_model):
     """Baseline 'blur' still peaks in REGION; unknown baselines and bad channel counts name the parameter."""
     ex = explainer(region_model)
-    result = ex.explain(list(class_images()), method="score-cam", target=[0, 1, 2], baseline="blur")
+    result = ex.explain(list(helpers.region_class_images()), method="score-cam", target=[0, 1, 2], baseline="blur")
     assert all(helpers.in_region(helpers.peak(a.upsampled)) for a in result)
     with pytest.raises(MethodError, match="'baseline'.*zero, blur"):
         ex.explain(helpers.random_images(1), method="score-cam", baseline="noise")
@@ -374,7 +351,7 @@ def test_recipro_cam_equals_whole_model_loop(fixture, request):
     each position (relative 1e-5): NHWC input, NHWC layer, token layer with its class token kept."""
     path = request.getfixturevalue(fixture)
     ex = explainer(path)
-    images = list(class_images())
+    images = list(helpers.region_class_images())
     result = ex.explain(images, method="recipro-cam", target=[0, 1, 2])
     info = ex.model.tensors[result[0].layer]
     h, w = info.hw

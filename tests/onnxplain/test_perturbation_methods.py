@@ -7,7 +7,6 @@ EfficientNet-Lite0.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import cv2
@@ -245,36 +244,13 @@ def test_smoothgrad_fd_grid_recovers_a_smooth_gradient(tmp_path):
 LIGHT = {"occlusion": {}, "rise": {"n": 300}, "smoothgrad-fd": {"n": 256}}
 
 
-@functools.lru_cache(maxsize=None)
-def class_images() -> tuple[np.ndarray, ...]:
-    """One 32x32 image per RegionNet class with positive evidence for it in REGION (gradient ascent on the
-    class's margin, seeded). On noise, RegionNet's region holds mostly negative evidence for every class, and
-    methods that average many pixels at once (RISE) then have no positive region to find."""
-    net = helpers.RegionNet().eval()
-    images = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny net: extra threads only contend (4x slower on a busy 2-core runner)
-    for c in range(3):
-        torch.manual_seed(c)
-        z = torch.randn(1, 3, 32, 32, requires_grad=True)
-        opt = torch.optim.Adam([z], lr=0.1)
-        others = [k for k in range(3) if k != c]
-        for _ in range(60):
-            logits = net(torch.sigmoid(z))[0]
-            loss = torch.logsumexp(logits[others], 0) - logits[c]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        images.append((torch.sigmoid(z)[0].permute(1, 2, 0).detach().numpy() * 255).round().astype(np.uint8))
-    torch.set_num_threads(threads)
-    return tuple(images)
 
 
 @pytest.mark.parametrize("method", list(LIGHT))
 def test_peak_in_region(region_model, method):
     """RegionNet's scores see only REGION: each method's peak lies there, for each class on its image."""
     ex = explainer(region_model)
-    for a in ex.explain(list(class_images()), method=method, target=[0, 1, 2], **LIGHT[method]):
+    for a in ex.explain(list(helpers.region_class_images()), method=method, target=[0, 1, 2], **LIGHT[method]):
         assert helpers.in_region(helpers.peak(a.raw)), (method, a.target["index"], helpers.peak(a.raw))
 
 
