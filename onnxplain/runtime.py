@@ -6,6 +6,7 @@ interface, so a forward-only method gives the same answer on either engine.
 """
 from __future__ import annotations
 
+import abc
 import ctypes
 import functools
 import logging
@@ -256,7 +257,7 @@ def available_ram() -> int | None:
 
 
 # ---- the runtimes ---------------------------------------------------------------------------------
-class BatchedRuntime:
+class BatchedRuntime(abc.ABC):
     """What both engines share: the graph's input and output names, the batch size, the forward count,
     and running a whole batch in chunks. Subclasses run one chunk (`_run_batch`) and say their `device`."""
 
@@ -301,8 +302,9 @@ class BatchedRuntime:
     def _prepare(self, outputs: list[str]) -> None:
         """Build what running `outputs` needs before the first chunk (so errors come before any work)."""
 
+    @abc.abstractmethod
     def _run_batch(self, outputs: list[str], part: dict[str, np.ndarray]) -> list[np.ndarray]:
-        raise NotImplementedError(f"{type(self).__name__} does not run batches")
+        """The requested outputs for one chunk of the feeds."""
 
 
 class Runtime(BatchedRuntime):

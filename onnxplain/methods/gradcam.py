@@ -9,7 +9,7 @@ layer's resolution and not normalised (rendering does that).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -90,9 +90,7 @@ class _GradCAMBase(Method):
     engine = "torch"
     uses_layer = True
 
-    @staticmethod
-    def combine(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    combine: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]  # (acts, grads) -> maps
 
     def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
         acts, grads = layer_gradients(explainer, batch, targets, layer)
