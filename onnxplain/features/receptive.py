@@ -400,14 +400,17 @@ def _kernel(model: "Model", node: "onnx.NodeProto") -> list[int] | None:
     return list(kernel) if kernel and len(kernel) == 2 else None
 
 
+def _window_geometry(node: "onnx.NodeProto") -> tuple[list[int], list[int], list[int], str]:
+    """Strides, dilations, pads and auto_pad of a Conv/pool-like node, with ONNX's defaults."""
+    return (attribute(node, "strides") or [1, 1], attribute(node, "dilations") or [1, 1],
+            attribute(node, "pads") or [0, 0, 0, 0], attribute(node, "auto_pad", "NOTSET"))
+
+
 def _kernel_readers(model: "Model", node: "onnx.NodeProto") -> list[Reader] | None:
     kernel = _kernel(model, node)
     if kernel is None:
         return None
-    strides = attribute(node, "strides") or [1, 1]
-    dilations = attribute(node, "dilations") or [1, 1]
-    pads = attribute(node, "pads") or [0, 0, 0, 0]
-    auto_pad = attribute(node, "auto_pad", "NOTSET")
+    strides, dilations, pads, auto_pad = _window_geometry(node)
     hw = _hw(model, node.input[0])
     readers = []
     for axis in (0, 1):
@@ -426,10 +429,7 @@ def _scatter_readers(model: "Model", node: "onnx.NodeProto") -> list[Reader] | N
     kernel = _kernel(model, node)
     if kernel is None:
         return None
-    strides = attribute(node, "strides") or [1, 1]
-    dilations = attribute(node, "dilations") or [1, 1]
-    pads = attribute(node, "pads") or [0, 0, 0, 0]
-    auto_pad = attribute(node, "auto_pad", "NOTSET")
+    strides, dilations, pads, auto_pad = _window_geometry(node)
     readers = []
     for axis in (0, 1):
         k, s, d = kernel[axis], strides[axis], dilations[axis]
