@@ -15,7 +15,7 @@ from .errors import DeviceError, ImageError, MethodError, UserError
 from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
 from .methods.base import Attribution, Method
 from .model import Model
-from .runtime import BatchedRuntime, Runtime, TorchRuntime, per_image_bytes, plan_devices
+from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas, per_image_bytes, plan_devices
 from .surgery import Split, split
 from .targets import BoxLayout, Context, Target, resolve
 
@@ -236,7 +236,8 @@ class Explainer:
     def _run_method(self, method: Method, batch: Prepared, targets: list[Target], layer: str | None):
         """Run a method; an op the converter refuses at run time (an unsupported mode) is a user-facing error."""
         try:
-            return method.explain(self, batch, targets, layer)
+            with one_thread_blas:
+                return method.explain(self, batch, targets, layer)
         except Exception as exc:
             converter = sys.modules.get("onnxtorch")  # loaded only when a torch method ran
             if converter is not None and isinstance(exc, converter.ConversionError):

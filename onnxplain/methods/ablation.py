@@ -18,11 +18,12 @@ class AblationCAM(Method):
     """w_k = (y - y_k) / y, with y_k the target score when channel k of the layer is zeroed; map relu(sum w_k A_k).
 
     Zeroing follows the paper (pytorch-grad-cam instead pushes layers with negative values far below
-    their minimum). Costs C forwards of the tail only.
+    their minimum). Costs one tail forward per channel that is not already all zero: zeroing those
+    changes nothing, so their weight is exactly 0 without a forward.
     """
     name = "ablation-cam"
     engine = "ort"
-    summary = "score drop when each channel is zeroed, via the model's tail (C tail forwards)"
+    summary = "score drop when each channel is zeroed, via the model's tail (a tail forward per non-zero channel)"
     uses_layer = True
 
     @dataclass(frozen=True)
@@ -36,20 +37,21 @@ class AblationCAM(Method):
         maps, extras = [], []
         for i, target in enumerate(targets):
             y = float(np.asarray(target.score({k: v[i:i + 1] for k, v in full.items()}))[0])
-            channels = raw.shape[axis]
+            live = np.flatnonzero(np.any(acts[i] != 0, axis=(1, 2)))
 
             def make(rows: slice) -> np.ndarray:
-                k = np.arange(channels)[rows]
+                k = live[rows]
                 variants = np.repeat(raw[i:i + 1], len(k), axis=0)
                 index = [np.arange(len(k))] + [slice(None)] * (raw.ndim - 1)
                 index[axis] = k
                 variants[tuple(index)] = 0
                 return variants
 
-            ablated = tail_scores(explainer, batch, i, layer, target, channels, make, desc="ablation-cam")
+            ablated = np.full(len(acts[i]), y)
+            ablated[live] = tail_scores(explainer, batch, i, layer, target, len(live), make, desc="ablation-cam")
             denominator = y if abs(y) > EPS else (EPS if y >= 0 else -EPS)
             weights = (y - ablated) / denominator
             cam = np.einsum("k,khw->hw", weights, acts[i].astype(np.float64))
             maps.append(np.maximum(cam, 0) if self.params.relu else cam)
-            extras.append({"score": y})
+            extras.append({"score": y, "forwards": len(live)})
         return RawMaps(np.stack(maps), extras)

@@ -42,6 +42,24 @@ def normalised_masks(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (up - low) / (high - low + 1e-8)
 
 
+def distinct_masks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first index of each distinct mask, index of each channel's mask in that list) for (K, h, w) channels.
+
+    Min-max normalisation and aligned-corner upsampling commute, so two channels make the same input mask
+    exactly when their normalised maps agree: every constant channel (all zero after a ReLU, often over half
+    of a trained network's last layer) gives the all-zero mask, and one forward serves them all.
+    """
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    spread = np.where(high > low, high - low, 1.0)
+    normalised = np.where(high > low, (flat - low) / spread, 0.0)
+    _, first, inverse = np.unique(normalised, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # keep channel order, so chunks and progress follow the layer
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
+
+
 def softmax(scores: np.ndarray) -> np.ndarray:
     e = np.exp(scores - scores.max())
     return e / e.sum()
@@ -56,7 +74,7 @@ class ScoreCAM(Method):
     """
     name = "score-cam"
     engine = "ort"
-    summary = "channel masks on the input, weighted by softmax of target scores (C forwards)"
+    summary = "channel masks on the input, weighted by softmax of target scores (a forward per distinct mask)"
     uses_layer = True
 
     @dataclass(frozen=True)
@@ -75,18 +93,19 @@ class ScoreCAM(Method):
             act = acts[i].astype(np.float64)
             order = np.argsort(-act.mean(axis=(1, 2)), kind="stable")
             chosen = np.sort(order[:keep]) if keep else np.arange(len(act))
+            distinct, shared = distinct_masks(act[chosen])
             x = batch.x[i:i + 1]
             base = self._baseline(x[0], batch.spec.layout, baseline)
 
             def make(rows: slice) -> np.ndarray:
-                masks = batch.spatial_mask(normalised_masks(act[chosen[rows]], size))
+                masks = batch.spatial_mask(normalised_masks(act[chosen[distinct[rows]]], size))
                 return x * masks + base * (1 - masks) if base is not None else x * masks
 
-            scores = input_scores(explainer, target, len(chosen), x.nbytes, make, desc="score-cam")
-            weights = softmax(scores)
+            scores = input_scores(explainer, target, len(distinct), x.nbytes, make, desc="score-cam")
+            weights = softmax(scores[shared])
             cam = np.einsum("k,khw->hw", weights, act[chosen])
             maps.append(np.maximum(cam, 0))
-            extras.append({"channels": len(chosen)})
+            extras.append({"channels": len(chosen), "forwards": len(distinct)})
         return RawMaps(np.stack(maps), extras)
 
     def _baseline(self, x: np.ndarray, layout: str, kind: str) -> np.ndarray | None:

@@ -18,6 +18,7 @@ from torch import nn
 import helpers
 from onnxplain import Explainer
 from onnxplain.errors import MethodError
+from onnxplain.methods.scorecam import distinct_masks
 
 METHODS = ["cam", "score-cam", "ablation-cam", "recipro-cam", "eigen-cam"]
 # The cat's face in EfficientNet-Lite0's 224x224 centre-cropped input of skimage's chelsea, measured by eye
@@ -280,6 +281,51 @@ def test_score_cam_equals_reference_loop(keep, region_model):
     for attribution, reference in zip(result, expected):
         assert rel_err(attribution.raw, reference) < 1e-5
         assert attribution.extras["channels"] == (keep or 8)
+
+
+@pytest.fixture(scope="module")
+def repeated_channels_model(tmp_path_factory):
+    """RegionNet whose 8 layer channels make 6 distinct Score-CAM masks: channel 2 is dead (all zero),
+    4 and 5 are constants times the region mask, 7 is twice 6."""
+    net = helpers.RegionNet()
+    with torch.no_grad():
+        w, b = net.conv2.weight, net.conv2.bias
+        w[[2, 4, 5]] = 0
+        b[2], b[4], b[5] = -1.0, 0.7, 0.3
+        w[7], b[7] = 2 * w[6], 2 * b[6]
+    return helpers.export(net, tmp_path_factory.mktemp("repeated") / "repeated.onnx")
+
+
+def test_channels_with_the_same_mask_share_one_forward(repeated_channels_model):
+    """Score-CAM runs 6 forwards for 8 channels (5 on the first image, where channel 0 is dead too) and still
+    equals the one-forward-per-channel reference loop (relative 1e-5); Ablation-CAM skips dead channels (7 tail
+    forwards, 6 on the first image) and still equals zeroing every channel in the whole model (relative 1e-5)."""
+    ex = explainer(repeated_channels_model)
+    images = list(helpers.region_class_images())
+    layer = ex.model.auto_layer()[0]
+    x = ex.prepare(images).x
+    result = ex.explain(images, method="score-cam", target=[0, 1, 2])
+    references = score_cam_reference(repeated_channels_model, layer, x, [0, 1, 2])
+    for attribution, reference, forwards in zip(result, references, [5, 6, 6]):
+        assert attribution.extras["channels"] == 8 and attribution.extras["forwards"] == forwards
+        assert rel_err(attribution.raw, reference) < 1e-5
+    session = masked_session(repeated_channels_model, layer)
+    for i, attribution in enumerate(ex.explain(images, method="ablation-cam", target=1, relu=False)):
+        assert attribution.extras["forwards"] == [6, 7, 7][i]
+        full, acts = run_masked(session, x[i:i + 1], np.ones((1, 1, 1, 1)))
+        ablated, _ = run_masked(session, x[i:i + 1], channel_masks(8, "NCHW"))
+        weights = (full[0, 1] - ablated[:, 1]) / full[0, 1]
+        assert rel_err(attribution.raw, np.einsum("k,khw->hw", weights, acts[0].astype(np.float64))) < 1e-5
+
+
+def test_distinct_masks_groups_channels_by_normalised_map():
+    """Known answer: zero and constant channels share the zero mask, an affine copy shares its source's."""
+    a = np.arange(4.0).reshape(2, 2)
+    b = np.array([[3.0, 0.0], [1.0, 2.0]])
+    maps = np.stack([np.zeros((2, 2)), a, np.full((2, 2), 5.0), 3 * a + 1, b, b])
+    first, shared = distinct_masks(maps)
+    assert first.tolist() == [0, 1, 4]
+    assert shared.tolist() == [0, 1, 0, 1, 2, 2]
 
 
 def test_score_cam_blur_baseline_and_bad_params(region_model):

@@ -1,14 +1,19 @@
 """Runtime: device choice, one session per output set, batching, fixed batch of 1."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from threadpoolctl import threadpool_info
 
+import helpers
+from onnxplain import Explainer
 from onnxplain.errors import DeviceError
 from onnxplain.model import Model
-from onnxplain.runtime import Runtime, choose_providers, cuda_problem
+from onnxplain.runtime import Runtime, choose_providers, cuda_problem, one_thread_blas
 
 
 def test_batched_run_equals_one_call_and_sessions_are_cached(region_model):
@@ -45,3 +50,52 @@ def test_device_choice():
             choose_providers("cuda")
     with pytest.raises(DeviceError, match="Unknown device 'tpu'"):
         choose_providers("tpu")
+
+
+def numpy_blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas" and "torch" not in lib["filepath"]]
+
+
+def test_numpy_blas_runs_on_one_thread_inside_methods_and_is_restored_after(region_model):
+    """While a method runs (seen from inside a callable target) numpy's BLAS has one thread; a nested use keeps
+    the limit until the outer one leaves; afterwards the original thread counts are back."""
+    before = numpy_blas_threads()
+    seen = []
+
+    def score(outputs):
+        seen.append(numpy_blas_threads())
+        return outputs["scores"][:, 0]
+
+    explainer = Explainer(region_model, preprocess="raw01", device="cpu", quiet=True)
+    explainer.explain(helpers.random_images(1), method="occlusion", target=score, window=(16, 16))
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert numpy_blas_threads() == before
+    with one_thread_blas:
+        with one_thread_blas:
+            pass
+        assert numpy_blas_threads() == [1] * len(before)
+    assert numpy_blas_threads() == before
+
+
+def test_one_thread_blas_is_lifted_when_the_last_of_overlapping_users_leaves():
+    """Two server threads overlapping: the first to leave does not lift the limit, the last one does.
+    (OpenBLAS ignores thread counts set from other threads once the main thread has set one, so this
+    checks the limit's bookkeeping, not the library's count.)"""
+    entered, leave = threading.Barrier(2), threading.Event()
+    held = []
+
+    def user():
+        with one_thread_blas:
+            entered.wait()
+            leave.wait()
+            held.append(one_thread_blas._limit is not None)
+
+    worker = threading.Thread(target=user)
+    worker.start()
+    with one_thread_blas:
+        entered.wait()
+    still_held = one_thread_blas._limit is not None
+    leave.set()
+    worker.join()
+    assert still_held and held == [True] and one_thread_blas._limit is None
