@@ -16,10 +16,8 @@ with ours / reference, and against a lower bound: forwards x the best per-image 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 import onnxplain
+from nets import export, resnet50, timed
 from onnxplain.runtime import Runtime, TorchRuntime, cuda_problem, torch_cuda_problem
 
 # the issue's figures: seconds per call (batch 1) or per image (forward passes at batch 32)
@@ -41,57 +40,6 @@ REFERENCE = {
     "ort-iobinding": ("ORT CUDA + IOBinding", 0.19e-3),
     "ort-numpy": ("ORT CUDA via numpy", 0.26e-3),
 }
-
-
-class Bottleneck(nn.Module):
-    """ResNet-50 bottleneck: 1x1 -> 3x3 (stride) -> 1x1 (x4 channels), batch norms, projection where needed."""
-
-    def __init__(self, cin: int, mid: int, stride: int):
-        super().__init__()
-        cout = 4 * mid
-        self.body = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-                                  nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-                                  nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
-            if stride != 1 or cin != cout else nn.Identity()
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        return self.relu(self.body(x) + self.down(x))
-
-
-class ResNet50(nn.Module):
-    """ResNet-50 layout with base width `width` (64: the real one, 2048 channels after layer4), 1000 classes."""
-
-    def __init__(self, width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3)):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
-        stages, cin = [], width
-        for i, count in enumerate(blocks):
-            mid = width * 2 ** i
-            stages.append(nn.Sequential(*[Bottleneck(cin if b == 0 else 4 * mid, mid, 2 if b == 0 and i else 1)
-                                          for b in range(count)]))
-            cin = 4 * mid
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nn.Linear(cin, 1000)
-
-    def forward(self, x):
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def forward_times(model: nn.Module, path: Path, explainer: onnxplain.Explainer, device: str, batch: int,
@@ -175,11 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         (4, (1, 1, 1, 1), 64, 4, 4, 1) if args.dry_run else (64, (3, 4, 6, 3), 224, 32, 50, args.repeats)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    model = ResNet50(width, blocks).eval()
+    model = resnet50(width, blocks)
     path = Path(tempfile.mkdtemp()) / "resnet50.onnx"
-    torch.onnx.export(model, torch.zeros(1, 3, size, size), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    export(model, path, size)
     model.to(device)
     explainer = onnxplain.Explainer(path, preprocess="imagenet", device=device, quiet=True, input_size=(size, size))
     layer = explainer.model.auto_layer()[0]

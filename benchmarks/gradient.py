@@ -14,66 +14,14 @@ separate venv that has it (see tests/fixtures/make_gradcam_reference.py for one)
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 import onnxplain
-
-
-class Block(nn.Module):
-    """ResNet basic block."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
-            if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x):
-        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + self.down(x))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 layout (2-2-2-2 basic blocks, 64..512 channels), 1000 classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
-        widths, layers, cin = (64, 128, 256, 512), [], 64
-        for i, w in enumerate(widths):
-            layers.append(nn.Sequential(Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)))
-            cin = w
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.fc = nn.Linear(512, 1000)
-
-    def forward(self, x):
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from nets import export, resnet18, timed
 
 
 def main() -> None:
@@ -83,12 +31,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = ResNet18().eval().to(args.device)
+    model = resnet18().to(args.device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     folder = Path(tempfile.mkdtemp())
-    torch.onnx.export(model.cpu(), torch.zeros(1, 3, 224, 224), str(folder / "resnet18.onnx"), dynamo=False,
-                      opset_version=17, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    export(model.cpu(), folder / "resnet18.onnx")
     model.to(args.device)
     explainer = onnxplain.Explainer(folder / "resnet18.onnx", device=args.device, quiet=True)
     rng = np.random.default_rng(0)

@@ -31,49 +31,9 @@ from torch import nn
 import onnxplain
 from onnxplain.errors import MethodError
 from onnxplain.methods import get as get_method
+from nets import export, resnet18
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-
-
-class Block(nn.Module):
-    """ResNet basic block."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
-        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
-            if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x):
-        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + self.down(x))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 layout (2-2-2-2 basic blocks, 64..512 channels), 1000 classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
-        blocks, cin = [], 64
-        for i, width in enumerate((64, 128, 256, 512)):
-            blocks += [Block(cin, width, 1 if i == 0 else 2), Block(width, width, 1)]
-            cin = width
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(512, 1000)
-
-    def forward(self, x):
-        return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
-
-
-def export(model: nn.Module, folder: Path) -> Path:
-    """Legacy exporter, opset 17, dynamic batch."""
-    path = folder / "resnet18.onnx"
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return path
 
 
 def per_image_seconds(explainer: onnxplain.Explainer, batch: int, repeats: int = 3) -> float:
@@ -140,10 +100,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = ResNet18().eval()
+    model = resnet18()
     image = data.chelsea()
     with tempfile.TemporaryDirectory() as folder:
-        path = export(model, Path(folder))
+        path = export(model, Path(folder) / "resnet18.onnx")
         probe = onnxplain.Explainer(path, preprocess="imagenet", device="cpu", quiet=True)
         sizes = [int(b) for b in args.batches.split(",")]
         times = {b: per_image_seconds(probe, b) for b in sizes}
@@ -182,7 +142,7 @@ def main() -> None:
                                                                    quiet=True, batch_size=best)}, image)
         torch_times = {b: torch_per_image_seconds(model, b) for b in (1, best)}
         ort_time = per_image_seconds(ex, best)
-        print(f"\ntorch ms/image: " + ", ".join(f"batch {b}: {t * 1e3:.1f}" for b, t in torch_times.items())
+        print("\ntorch ms/image: " + ", ".join(f"batch {b}: {t * 1e3:.1f}" for b, t in torch_times.items())
               + f"; onnxruntime {ort_time * 1e3:.1f} at batch {best}: with the same forwards, ours can be at most "
               f"{torch_times[1] / ort_time:.1f}x faster than a library forwarding one at a time and "
               f"{torch_times[best] / ort_time:.1f}x than one batching {best}")
@@ -242,7 +202,7 @@ def compare_grad_cam(model: nn.Module, x: torch.Tensor, target: int, ours: float
         print("\npytorch-grad-cam is not importable (it needs torchvision, which breaks this torch set-up): "
               "Score-CAM comparison skipped")
         return
-    with ScoreCAM(model=model, target_layers=[model.blocks[-1]]) as cam:
+    with ScoreCAM(model=model, target_layers=[model.layer4]) as cam:
         cam.batch_size = best
         start = time.perf_counter()
         cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])

@@ -9,6 +9,7 @@ maps are compared within 2e-2 of the largest magnitude.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -105,6 +106,9 @@ def test_engine_torch_on_cuda_equals_ort(method, effnet, cpu_effnet, no_tf32):
 
 # ---- the benchmark runs here too ------------------------------------------------------------------------------
 def load_benchmark():
+    """benchmarks/gpu.py as a module (it imports its neighbour nets.py, as a script run from there would)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
