@@ -354,7 +354,7 @@ class SanityResult:
 
 
 def twin(explainer: "Explainer", proto) -> "Explainer":
-    """An Explainer like `explainer` (preprocessing, labels, device, batch size) for another ModelProto.
+    """An Explainer like `explainer` (preprocessing, labels, device, engine, batch size) for another ModelProto.
 
     A proto that differs only in weights shares the original's structural index (tensors, shapes,
     layouts), so the copy skips shape inference and the probe run.
@@ -370,7 +370,7 @@ def twin(explainer: "Explainer", proto) -> "Explainer":
                 model.__dict__[key] = old.__dict__[key]
     return Explainer(model, preprocess=explainer.preprocess, device=explainer.device, labels=explainer.labels,
                      batch_size=explainer.runtime.batch_size, quiet=explainer.quiet, input_name=explainer.input.name,
-                     input_size=old.probe_size)
+                     input_size=old.probe_size, engine=explainer.engine)
 
 
 def _same_structure(a, b) -> bool:

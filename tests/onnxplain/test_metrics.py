@@ -191,6 +191,19 @@ def test_drift_against_a_randomised_layer_is_lower(region):
     assert order == sorted(order)  # most drifting (lowest agreement, then lowest Spearman) first
 
 
+def test_twin_keeps_engine_device_and_batch_size(region_model):
+    """A twin for randomised weights runs where and how the original runs: engine torch stays torch, and
+    its forward-only maps differ from the original's (the weights do)."""
+    original = onnxplain.Explainer(region_model, preprocess="raw01", device="cpu", quiet=True, engine="torch",
+                                   batch_size=7)
+    layers = metrics.weight_layers(original.model)
+    copy = metrics.twin(original, randomise(original.model.proto, layers[0].weights, seed=1))
+    assert (copy.engine, copy.device, copy.runtime.batch_size) == ("torch", "cpu", 7)
+    images = helpers.random_images(1, seed=3)
+    [a], [b] = (e.explain(images, method="eigen-cam", target=0) for e in (original, copy))
+    assert not np.allclose(a.raw, b.raw)
+
+
 # ---- randomisation sanity check ------------------------------------------------------------------
 class Edges(Method):
     """Test-only: the input's gradient magnitude, which no weight can change."""
