@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import MethodError
+from ..progress import progress
 from ..targets import ClassTarget, Target
 from . import register
 from .base import Method, RawMaps
@@ -36,18 +37,18 @@ def layer_activations(explainer: "Explainer", batch: "Prepared", layer: str
 
 
 def chunks(count: int, row_bytes: int, batch_size: int) -> list[slice]:
-    """Slices over `count` rows so that one slice holds at most CHUNK_BYTES (a multiple of batch_size when it can)."""
-    rows = max(1, CHUNK_BYTES // max(int(row_bytes), 1))
-    if rows >= batch_size:
-        rows -= rows % batch_size
+    """Slices over `count` rows: one runtime batch each (so a reused input buffer stays small and warm), fewer
+    rows where a batch would hold more than CHUNK_BYTES."""
+    rows = max(1, min(batch_size, CHUNK_BYTES // max(int(row_bytes), 1)))
     return [slice(start, min(start + rows, count)) for start in range(0, count, rows)]
 
 
 def input_scores(explainer: "Explainer", target: Target, count: int, row_bytes: int,
                  make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
     """Target scores of `count` perturbed inputs built chunk by chunk by `make(rows)` and run through the model."""
-    scores = [np.asarray(target.score(explainer.run(make(rows), desc=desc)), np.float64)
-              for rows in chunks(count, row_bytes, explainer.runtime.batch_size)]
+    slices = chunks(count, row_bytes, explainer.runtime.batch_size)
+    scores = [np.asarray(target.score(explainer.run(make(rows))), np.float64)
+              for rows in progress(slices, desc=desc, quiet=explainer.quiet or len(slices) < 4, unit="batch")]
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
@@ -61,12 +62,13 @@ def tail_scores(explainer: "Explainer", batch: "Prepared", index: int, layer: st
                 for name in cut.crossing}
     row = explainer.forward(batch, [layer])[layer][index]
     scores = []
-    for rows in chunks(count, row.nbytes, runtime.batch_size):
+    slices = chunks(count, row.nbytes, runtime.batch_size)
+    for rows in progress(slices, desc=desc, quiet=explainer.quiet or len(slices) < 4, unit="batch"):
         variants = make(rows)
         feeds = {cut.at: variants}
         for name, value in crossing.items():
             feeds[name] = np.broadcast_to(value[index:index + 1], (len(variants),) + value.shape[1:])
-        scores.append(np.asarray(target.score(runtime.run(feeds, desc=desc)), np.float64))
+        scores.append(np.asarray(target.score(runtime.run(feeds)), np.float64))
     return np.concatenate(scores) if scores else np.zeros(0)
 
 

@@ -38,8 +38,10 @@ def normalised_masks(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Channels upsampled to the input size and min-max normalised into [0, 1] each (float32)."""
     up = upsample(maps, size)
     low = up.min(axis=(1, 2), keepdims=True)
-    high = up.max(axis=(1, 2), keepdims=True)
-    return (up - low) / (high - low + 1e-8)
+    scale = 1 / (up.max(axis=(1, 2), keepdims=True) - low + 1e-8)
+    up -= low  # in place: no (K, H, W) temporaries
+    up *= scale
+    return up
 
 
 def distinct_masks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,10 +98,16 @@ class ScoreCAM(Method):
             distinct, shared = distinct_masks(act[chosen])
             x = batch.x[i:i + 1]
             base = self._baseline(x[0], batch.spec.layout, baseline)
+            change = x if base is None else x - base  # masked input = base + (x - base) * mask
+            buffer: list[np.ndarray] = []  # one array reused by every chunk: no fresh pages per chunk
 
             def make(rows: slice) -> np.ndarray:
                 masks = batch.spatial_mask(normalised_masks(act[chosen[distinct[rows]]], size))
-                return x * masks + base * (1 - masks) if base is not None else x * masks
+                shape = (len(masks),) + x.shape[1:]
+                if not buffer or len(buffer[0]) < len(masks):
+                    buffer[:] = [np.empty(shape, np.float32)]
+                out = np.multiply(change, masks, out=buffer[0][:len(masks)])
+                return out if base is None else np.add(out, base, out=out)
 
             scores = input_scores(explainer, target, len(distinct), x.nbytes, make, desc="score-cam")
             weights = softmax(scores[shared])
