@@ -299,6 +299,26 @@ one_thread_blas = OneThreadBlas()
 
 
 # ---- the runtimes ---------------------------------------------------------------------------------
+def numpy_dtype(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX tensor element type (None when unknown or not a plain number type)."""
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dtype if dtype.kind in "fiub" else None
+
+
+def as_input(values: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    """`values` (float32 from preprocessing and perturbation) in the graph input's dtype, contiguous:
+    float16 or float64 models get a cast, integer image inputs (uint8) get rounded and clipped values."""
+    if dtype is None or values.dtype == dtype:
+        return np.ascontiguousarray(values)
+    if dtype.kind in "iub" and values.dtype.kind == "f":
+        limits = np.iinfo(dtype) if dtype.kind != "b" else None
+        values = np.rint(values) if limits is None else np.clip(np.rint(values), limits.min, limits.max)
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
 class BatchedRuntime(abc.ABC):
     """What both engines share: the graph's input and output names, the batch size, the forward count,
     and running a whole batch in chunks. Subclasses run one chunk (`_run_batch`) and say their `device`."""
@@ -313,6 +333,8 @@ class BatchedRuntime(abc.ABC):
         weights = {t.name for t in proto.graph.initializer}
         self.input_names = [i.name for i in proto.graph.input if i.name not in weights]
         self.output_names = [o.name for o in proto.graph.output]
+        self.input_dtypes = {i.name: dtype for i in proto.graph.input if i.name not in weights
+                             and (dtype := numpy_dtype(i.type.tensor_type.elem_type)) is not None}
         first = next(i for i in proto.graph.input if i.name not in weights)
         dims = first.type.tensor_type.shape.dim
         self.fixed_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
@@ -335,9 +357,9 @@ class BatchedRuntime(abc.ABC):
         chunks: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
         starts = range(0, total, step)
         for start in progress(starts, desc=desc, quiet=self.quiet or len(starts) < 4, unit="batch"):
-            part = {k: np.ascontiguousarray(v[start:start + step]) for k, v in feeds.items()}
+            part = {k: as_input(v[start:start + step], self.input_dtypes.get(k)) for k, v in feeds.items()}
             for name, value in zip(outputs, self._run_batch(outputs, part)):
-                chunks[name].append(value)
+                chunks[name].append(value.astype(np.float32) if value.dtype == np.float16 else value)
             self.forwards += len(next(iter(part.values())))
         return {name: np.concatenate(values) if values else np.empty((0,)) for name, values in chunks.items()}
 

@@ -1,0 +1,88 @@
+"""Models whose input is not float32: float16 models (common where models are deployed on GPUs) and uint8 image
+inputs run every forward-only method on onnxruntime; the converter refuses float16 with one sentence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import helpers
+from onnxplain import Explainer
+from onnxplain.errors import MethodError
+from onnxplain.runtime import as_input
+
+FORWARD_ONLY = {"occlusion": {"window": (4, 4)}, "rise": {"n": 200}, "smoothgrad-fd": {"n": 256}, "score-cam": {},
+                "ablation-cam": {}, "recipro-cam": {}, "eigen-cam": {}, "cam": {}}
+
+
+class Uint8Input(nn.Module):
+    """RegionNet behind a uint8 image input (x / 255 inside the graph), as some TF exports take images."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = helpers.RegionNet()
+
+    def forward(self, x):
+        return self.inner(x.float() / 255)
+
+
+def export(model: nn.Module, path, dtype: torch.dtype):
+    torch.onnx.export(model.eval(), torch.zeros(1, 3, 32, 32, dtype=dtype), str(path), dynamo=False,
+                      opset_version=17, input_names=["input"], output_names=["scores"],
+                      dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def explainers(tmp_path_factory, region_model):
+    folder = tmp_path_factory.mktemp("dtypes")
+    half = export(helpers.RegionNet().half(), folder / "half.onnx", torch.float16)
+    uint8 = export(Uint8Input(), folder / "uint8.onnx", torch.uint8)
+    return {"float32": Explainer(region_model, preprocess="raw01", device="cpu", quiet=True),
+            "float16": Explainer(half, preprocess="raw01", device="cpu", quiet=True),
+            "uint8": Explainer(uint8, preprocess="raw255", device="cpu", quiet=True)}
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("method", list(FORWARD_ONLY))
+def test_float16_model_runs_forward_only_methods_like_its_float32_original(explainers, method):
+    """Same predictions; maps (float32 arrays) correlate with the float32 model's at r > 0.95: float16 rounding
+    (about 1e-3 relative) moves them, most for recipro-cam's softmax over close logits (0.97) and for
+    smoothgrad-fd, whose score differences it blurs (r > 0.9: 0.98, 0.996, 0.905 on the three images)."""
+    images = list(helpers.region_class_images())
+    half, full = explainers["float16"], explainers["float32"]
+    assert [p.top[0][0] for p in half.predict(images)] == [p.top[0][0] for p in full.predict(images)]
+    ours = half.explain(images, method=method, target=[0, 1, 2], **FORWARD_ONLY[method])
+    reference = full.explain(images, method=method, target=[0, 1, 2], **FORWARD_ONLY[method])
+    for a, b in zip(ours, reference):
+        least = 0.9 if method == "smoothgrad-fd" else 0.95
+        assert a.raw.dtype == np.float32 and correlation(a.raw, b.raw) > least, (method, correlation(a.raw, b.raw))
+
+
+def test_float16_model_refuses_gradient_methods_in_one_sentence(explainers):
+    with pytest.raises(MethodError, match="float32/float64 models only.*use a method that runs on onnxruntime"):
+        explainers["float16"].explain(helpers.random_images(1), method="grad-cam")
+
+
+@pytest.mark.parametrize("method", ["score-cam", "ablation-cam", "grad-cam"])
+def test_uint8_input_model_equals_the_float_model(explainers, method):
+    """Integer pixels fed as uint8: scores equal the float model's (1e-6), maps too (relative 1e-5)."""
+    images = list(helpers.region_class_images())
+    u8, full = explainers["uint8"], explainers["float32"]
+    np.testing.assert_allclose(u8.run(u8.prepare(images).x)["scores"], full.run(full.prepare(images).x)["scores"],
+                               atol=1e-6)
+    for a, b in zip(u8.explain(images, method=method, target=[0, 1, 2]),
+                    full.explain(images, method=method, target=[0, 1, 2])):
+        assert np.abs(a.raw - b.raw).max() <= 1e-5 * np.abs(b.raw).max()
+
+
+def test_as_input_casts_rounds_and_clips():
+    x = np.array([-3.0, 0.4, 0.6, 254.4, 300.0], np.float32)
+    assert as_input(x, np.dtype(np.uint8)).tolist() == [0, 0, 1, 254, 255]
+    assert as_input(x, np.dtype(np.float16)).dtype == np.float16
+    assert as_input(x, None) is not None and as_input(x, None).dtype == np.float32
+    assert as_input(x[::2], np.dtype(np.float32)).flags["C_CONTIGUOUS"]
