@@ -103,10 +103,11 @@ def converter_status(model) -> dict:
     """Whether the torch converter takes this model (gradient methods need it)."""
     try:
         import onnxtorch
-        missing = onnxtorch.check(model.proto)
+        missing, why = onnxtorch.check(model.proto), onnxtorch.problem(model.proto)
     except ImportError as exc:
         return {"ok": False, "missing": [], "message": str(exc)}
-    return {"ok": not missing, "missing": [{"op": op, "opset": opset, "node": node} for op, opset, node in missing]}
+    return {"ok": why is None, "missing": [{"op": op, "opset": opset, "node": node} for op, opset, node in missing],
+            "message": why}
 
 
 def format_report(report: dict) -> str:
@@ -120,8 +121,8 @@ def format_report(report: dict) -> str:
     lines.append(f"weights    {w['count']} tensors, {w['bytes'] / 1e6:.2f} MB")
     conv = report["converter"]
     lines.append("converter  " + ("converts to torch (gradient methods available)" if conv["ok"] else
-                                  "cannot convert: " + ", ".join(f"{m['op']} (node {m['node']})"
-                                                                 for m in conv["missing"])))
+                                  "cannot convert: " + (", ".join(f"{m['op']} (node {m['node']})"
+                                                                  for m in conv["missing"]) or conv["message"])))
     lines.append(f"auto layer {report['auto_layer']['name']}  ({report['auto_layer']['why']})")
     lines.append("")
     width = max([len(t["name"]) for t in report["layers"]] + [6])

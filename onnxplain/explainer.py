@@ -112,7 +112,7 @@ class Explainer:
             import onnxtorch
         except ImportError:  # pragma: no cover - the converter ships with onnxplain
             return False
-        return not onnxtorch.check(self.model.proto)
+        return onnxtorch.problem(self.model.proto) is None
 
     def _metadata_labels(self) -> str | None:
         name = self.model.metadata.get("onnxplain.labels")

@@ -11,11 +11,11 @@ import os
 import onnx
 
 from .errors import ConversionError, UnknownTensor, UnsupportedModel, UnsupportedOp
-from .graph import NodeInfo, load_model, missing_ops
+from .graph import NodeInfo, check_precision, load_model, missing_ops
 from .module import OnnxModule
 from .registry import supported_ops
 
-__all__ = ["to_torch", "check", "OnnxModule", "NodeInfo", "ConversionError", "UnsupportedOp", "UnsupportedModel",
+__all__ = ["to_torch", "check", "problem", "OnnxModule", "NodeInfo", "ConversionError", "UnsupportedOp", "UnsupportedModel",
            "UnknownTensor", "supported_ops"]
 
 
@@ -35,3 +35,17 @@ def check(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> list[tu
     Cheap: a path is read without its external data and nothing is built.
     """
     return missing_ops(load_model(model_or_path, external_data=False))
+
+
+def problem(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> str | None:
+    """Why the converter cannot take this model (missing ops, or float16/bfloat16 precision) in one sentence,
+    or None when it can. Cheap like `check`: nothing is built."""
+    model = load_model(model_or_path, external_data=False)
+    missing = missing_ops(model)
+    if missing:
+        return str(UnsupportedOp(missing))
+    try:
+        check_precision(model)
+    except UnsupportedModel as exc:
+        return str(exc)
+    return None

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import helpers
 from onnxplain import Explainer
+from onnxplain.cli import main
 from onnxplain.errors import MethodError
 from onnxplain.runtime import as_input
 
@@ -64,8 +66,15 @@ def test_float16_model_runs_forward_only_methods_like_its_float32_original(expla
 
 
 def test_float16_model_refuses_gradient_methods_in_one_sentence(explainers):
+    """The refusal comes as one sentence from explain, from engine torch, and in `onnxplain inspect`."""
+    half = explainers["float16"]
     with pytest.raises(MethodError, match="float32/float64 models only.*use a method that runs on onnxruntime"):
-        explainers["float16"].explain(helpers.random_images(1), method="grad-cam")
+        half.explain(helpers.random_images(1), method="grad-cam")
+    with pytest.raises(MethodError, match="Engine torch needs the torch converter"):
+        Explainer(half.model, preprocess="raw01", device="cpu", quiet=True, engine="torch")
+    report = CliRunner().invoke(main, ["inspect", str(half.model.path)])
+    assert report.exit_code == 0
+    assert "converter  cannot convert: The converter runs float32/float64 models only" in report.output
 
 
 @pytest.mark.parametrize("method", ["score-cam", "ablation-cam", "grad-cam"])

@@ -127,8 +127,16 @@ def test_accepts_path_bytes_and_model_proto(zoo_exports):
 def test_float16_models_are_refused_at_build_time():
     model = parse("""<ir_version: 8, opset_import: ["" : 13]>
     g (float16[2] x) => (float16 y) <float16[2] w = {1, 2}> { y = Mul(x, w) }""")
-    with pytest.raises(onnxtorch.UnsupportedModel, match="float16 tensor 'x'.*float32"):
+    with pytest.raises(onnxtorch.UnsupportedModel, match="float16 tensor 'x'.*float32") as caught:
         onnxtorch.to_torch(model)
+    assert onnxtorch.check(model) == []  # every op is known: only the precision is refused
+    assert onnxtorch.problem(model) == str(caught.value)
+
+
+def test_problem_names_missing_ops_first_and_is_none_when_convertible(zoo_exports):
+    model = parse(TWO_UNKNOWN)
+    assert onnxtorch.problem(model) == str(onnxtorch.UnsupportedOp(onnxtorch.check(model)))
+    assert onnxtorch.problem(zoo_exports.path("mobilenet_v3", "legacy13")) is None
 
 
 @pytest.mark.parametrize("batch", [1, 5])
