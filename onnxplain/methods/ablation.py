@@ -48,7 +48,8 @@ class AblationCAM(Method):
                 return variants
 
             ablated = np.full(len(acts[i]), y)
-            ablated[live] = tail_scores(explainer, batch, i, layer, target, len(live), make, desc="ablation-cam")
+            ablated[live] = tail_scores(explainer, batch, i, layer, target, len(live), make,
+                                        desc=f"ablation-cam {i + 1}/{len(targets)}")
             denominator = y if abs(y) > EPS else (EPS if y >= 0 else -EPS)
             weights = (y - ablated) / denominator
             cam = np.einsum("k,khw->hw", weights, acts[i].astype(np.float64))

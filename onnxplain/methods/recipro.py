@@ -59,6 +59,7 @@ class ReciproCAM(Method):
                 masked = acts[i:i + 1] * masks[rows, None]
                 return np.ascontiguousarray(to_layout(masked, info, like=raw[i:i + 1]))
 
-            scores = tail_scores(explainer, batch, i, layer, target, h * w, make, desc="recipro-cam")
+            scores = tail_scores(explainer, batch, i, layer, target, h * w, make,
+                                 desc=f"recipro-cam {i + 1}/{len(targets)}")
             maps.append(scores.reshape(h, w))
         return RawMaps(np.stack(maps))

@@ -109,7 +109,8 @@ class ScoreCAM(Method):
                 out = np.multiply(change, masks, out=buffer[0][:len(masks)])
                 return out if base is None else np.add(out, base, out=out)
 
-            scores = input_scores(explainer, target, len(distinct), x.nbytes, make, desc="score-cam")
+            scores = input_scores(explainer, target, len(distinct), x.nbytes, make,
+                                  desc=f"score-cam {i + 1}/{len(targets)}")
             weights = softmax(scores[shared])
             cam = np.einsum("k,khw->hw", weights, act[chosen])
             maps.append(np.maximum(cam, 0))
