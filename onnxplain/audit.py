@@ -468,7 +468,7 @@ def format_summary(report: dict) -> str:
 def _converter_missing(explainer: "Explainer") -> bool:
     """True when the torch converter cannot take the explainer's model."""
     import onnxtorch
-    return onnxtorch.problem(explainer.model.proto) is not None
+    return onnxtorch.problem(explainer.torch_proto) is not None
 
 
 def _display_name(path: Path, root: Path) -> str:

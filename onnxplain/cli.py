@@ -103,11 +103,13 @@ def converter_status(model) -> dict:
     """Whether the torch converter takes this model (gradient methods need it)."""
     try:
         import onnxtorch
-        missing, why = onnxtorch.check(model.proto), onnxtorch.problem(model.proto)
+        half = onnxtorch.has_half(model.proto)
+        proto = onnxtorch.upcast_half(model.proto) if half else model.proto
+        missing, why = onnxtorch.check(proto), onnxtorch.problem(proto)
     except ImportError as exc:
         return {"ok": False, "missing": [], "message": str(exc)}
     return {"ok": why is None, "missing": [{"op": op, "opset": opset, "node": node} for op, opset, node in missing],
-            "message": why}
+            "message": why, "float32": half}
 
 
 def format_report(report: dict) -> str:
@@ -120,7 +122,8 @@ def format_report(report: dict) -> str:
     w = report["weights"]
     lines.append(f"weights    {w['count']} tensors, {w['bytes'] / 1e6:.2f} MB")
     conv = report["converter"]
-    lines.append("converter  " + ("converts to torch (gradient methods available)" if conv["ok"] else
+    upcast = " as float32 (the model holds float16)" if conv.get("float32") else ""
+    lines.append("converter  " + (f"converts to torch{upcast} (gradient methods available)" if conv["ok"] else
                                   "cannot convert: " + (", ".join(f"{m['op']} (node {m['node']})"
                                                                   for m in conv["missing"]) or conv["message"])))
     lines.append(f"auto layer {report['auto_layer']['name']}  ({report['auto_layer']['why']})")

@@ -1,6 +1,7 @@
 """The Explainer: one loaded model, its sessions and (lazily) its torch module, behind one API."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -112,7 +113,7 @@ class Explainer:
             import onnxtorch
         except ImportError:  # pragma: no cover - the converter ships with onnxplain
             return False
-        return onnxtorch.problem(self.model.proto) is None
+        return onnxtorch.problem(self.torch_proto) is None
 
     def _metadata_labels(self) -> str | None:
         name = self.model.metadata.get("onnxplain.labels")
@@ -159,6 +160,12 @@ class Explainer:
             self._splits[layer] = (cut, self._runtime(cut.tail, self.runtime.batch_size))
         return self._splits[layer]
 
+    @functools.cached_property
+    def torch_proto(self):
+        """The model as the torch converter takes it: float16/bfloat16 models upcast to float32."""
+        import onnxtorch
+        return onnxtorch.upcast_half(self.model.proto) if onnxtorch.has_half(self.model.proto) else self.model.proto
+
     @property
     def module(self):
         """The OnnxModule converted from this model, on the torch device (built once)."""
@@ -168,7 +175,7 @@ class Explainer:
             except ImportError as exc:  # pragma: no cover - the converter ships with onnxplain
                 raise MethodError(f"The torch converter cannot be imported ({exc}).") from None
             try:
-                self._module = onnxtorch.to_torch(self.model.proto).to(self.torch_device).eval()
+                self._module = onnxtorch.to_torch(self.torch_proto).to(self.torch_device).eval()
             except onnxtorch.UnsupportedOp as exc:
                 ort_methods = ", ".join(m["name"] for m in method_registry.list_methods() if m["engine"] == "ort")
                 ops = ", ".join(f"{op} (node '{node}')" for op, _, node in exc.missing)

@@ -433,7 +433,8 @@ class TorchRuntime(BatchedRuntime):
 
     `module` returns the OnnxModule of the *whole* model (built on first use); feeds replace its
     tensors by name (`replace=`), so a tail runs only what follows its inputs, and requested tensors
-    that are not outputs are taps.
+    that are not outputs are taps. A float16 model's module computes in float32 (`onnxtorch.upcast_half`),
+    so its float16 inputs are fed as float32.
     """
 
     def __init__(self, proto: onnx.ModelProto, module: Callable[[], Any], device: str = "cpu",
@@ -441,6 +442,8 @@ class TorchRuntime(BatchedRuntime):
         self._module = module
         self.torch_device = device
         super().__init__(proto, batch_size, quiet, per_image)
+        self.input_dtypes = {name: np.dtype(np.float32) if dtype == np.float16 else dtype
+                             for name, dtype in self.input_dtypes.items()}
 
     @property
     def device(self) -> str:

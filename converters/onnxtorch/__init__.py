@@ -11,11 +11,11 @@ import os
 import onnx
 
 from .errors import ConversionError, UnknownTensor, UnsupportedModel, UnsupportedOp
-from .graph import NodeInfo, check_precision, load_model, missing_ops
+from .graph import NodeInfo, check_precision, has_half, load_model, missing_ops, upcast_half
 from .module import OnnxModule
 from .registry import supported_ops
 
-__all__ = ["to_torch", "check", "problem", "OnnxModule", "NodeInfo", "ConversionError", "UnsupportedOp", "UnsupportedModel",
+__all__ = ["to_torch", "check", "problem", "has_half", "upcast_half", "OnnxModule", "NodeInfo", "ConversionError", "UnsupportedOp", "UnsupportedModel",
            "UnknownTensor", "supported_ops"]
 
 

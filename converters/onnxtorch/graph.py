@@ -66,6 +66,46 @@ def missing_ops(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
     return missing
 
 
+def has_half(model: onnx.ModelProto) -> bool:
+    """Whether any input, output, weight, constant or cast of the model is float16/bfloat16."""
+    try:
+        check_precision(model)
+    except UnsupportedModel:
+        return True
+    return False
+
+
+def upcast_half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float32 copy of a float16/bfloat16 model: weights, constants, casts, dtype attributes and declared
+    tensor types. Half values are exact in float32, so the copy computes what the model means, without the
+    half rounding between ops; gradient methods then run on it (half-precision gradients are too coarse)."""
+    model = copy_model(model)
+    graph = model.graph
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type in HALF_TYPES:
+            graph.initializer[index].CopyFrom(float32_tensor(tensor))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
+                attr.t.CopyFrom(float32_tensor(attr.t))
+            elif attr.type == AttributeProto.INT and attr.name in ("to", "dtype") and attr.i in HALF_TYPES:
+                attr.i = TensorProto.FLOAT
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.type.tensor_type.elem_type in HALF_TYPES:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    return model
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    return copied
+
+
+def float32_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+
+
 def check_precision(model: onnx.ModelProto) -> None:
     """Raise UnsupportedModel for float16/bfloat16 inputs, outputs, weights or casts.
 

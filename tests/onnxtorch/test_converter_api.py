@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
@@ -131,6 +133,30 @@ def test_float16_models_are_refused_at_build_time():
         onnxtorch.to_torch(model)
     assert onnxtorch.check(model) == []  # every op is known: only the precision is refused
     assert onnxtorch.problem(model) == str(caught.value)
+
+
+def test_upcast_half_gives_a_float32_model_that_matches_onnxruntime():
+    """Weights, Constant tensors, casts and declared types of a float16 graph become float32: the module runs
+    it in float32 and matches onnxruntime's float16 run to float16 precision (2e-3 relative); the original
+    is left untouched."""
+    h = onnx.helper
+    half = onnx.TensorProto.FLOAT16
+    nodes = [h.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.array([3.0], np.float16))),
+             h.make_node("Mul", ["x", "w"], ["a"]), h.make_node("Cast", ["a"], ["b"], to=onnx.TensorProto.FLOAT),
+             h.make_node("Relu", ["b"], ["d"]), h.make_node("Cast", ["d"], ["e"], to=half),
+             h.make_node("Add", ["e", "c"], ["y"])]
+    weight = onnx.numpy_helper.from_array(np.array([0.5, -1.25, 2.0], np.float16), "w")
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", half, [2, 3])],
+                         [h.make_tensor_value_info("y", half, [2, 3])], [weight])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=8)
+    assert onnxtorch.has_half(model)
+    upcast = onnxtorch.upcast_half(model)
+    assert not onnxtorch.has_half(upcast) and onnxtorch.has_half(model) and onnxtorch.problem(upcast) is None
+    x = np.array([[1.0, 2.0, -3.0], [0.25, -0.5, 4.0]], np.float16)
+    expected = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = onnxtorch.to_torch(upcast)(torch.from_numpy(x.astype(np.float32)))
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected.astype(np.float32), rtol=2e-3)
 
 
 def test_problem_names_missing_ops_first_and_is_none_when_convertible(zoo_exports):
