@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import DeviceError
+from .errors import DeviceError, ModelError
 from .progress import progress
 from .surgery import expose
 
@@ -308,6 +308,22 @@ def numpy_dtype(elem_type: int) -> np.dtype | None:
     return dtype if dtype.kind in "fiub" else None
 
 
+def feedable_dtypes(inputs: Iterable[onnx.ValueInfoProto]) -> dict[str, np.dtype]:
+    """The numpy dtype to feed each graph input in; an input of a type numpy cannot hold (bfloat16, ...) is
+    a ModelError, so the user hears it in one sentence before any run instead of from onnxruntime mid-way."""
+    dtypes = {}
+    for value in inputs:
+        elem_type = value.type.tensor_type.elem_type
+        dtype = numpy_dtype(elem_type)
+        if dtype is None and elem_type:
+            kind = onnx.TensorProto.DataType.Name(elem_type).lower()
+            raise ModelError(f"The model's input '{value.name}' is {kind}, which onnxplain cannot feed; re-export "
+                             "the model with a float32, float16 or uint8 input.")
+        if dtype is not None:
+            dtypes[value.name] = dtype
+    return dtypes
+
+
 def as_input(values: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
     """`values` (float32 from preprocessing and perturbation) in the graph input's dtype, contiguous:
     float16 or float64 models get a cast, integer image inputs (uint8) get rounded and clipped values."""
@@ -333,8 +349,7 @@ class BatchedRuntime(abc.ABC):
         weights = {t.name for t in proto.graph.initializer}
         self.input_names = [i.name for i in proto.graph.input if i.name not in weights]
         self.output_names = [o.name for o in proto.graph.output]
-        self.input_dtypes = {i.name: dtype for i in proto.graph.input if i.name not in weights
-                             and (dtype := numpy_dtype(i.type.tensor_type.elem_type)) is not None}
+        self.input_dtypes = feedable_dtypes([i for i in proto.graph.input if i.name not in weights])
         first = next(i for i in proto.graph.input if i.name not in weights)
         dims = first.type.tensor_type.shape.dim
         self.fixed_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None

@@ -2,7 +2,9 @@
 inputs run every forward-only method on onnxruntime, and gradient methods on the converter's float32 upcast."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -108,3 +110,22 @@ def test_as_input_casts_rounds_and_clips():
     assert as_input(x, np.dtype(np.float16)).dtype == np.float16
     assert as_input(x, None) is not None and as_input(x, None).dtype == np.float32
     assert as_input(x[::2], np.dtype(np.float32)).flags["C_CONTIGUOUS"]
+
+
+def test_an_input_numpy_cannot_hold_is_one_sentence_and_nothing_written(tmp_path):
+    """A bfloat16 image input: `onnxplain explain` exits 2 with one sentence naming the input, writes nothing."""
+    h = onnx.helper
+    graph = h.make_graph([h.make_node("Cast", ["x"], ["c"], to=onnx.TensorProto.FLOAT),
+                          h.make_node("GlobalAveragePool", ["c"], ["p"]), h.make_node("Flatten", ["p"], ["y"])],
+                         "g", [h.make_tensor_value_info("x", onnx.TensorProto.BFLOAT16, ["N", 3, 8, 8])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])])
+    path = tmp_path / "bf16.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=8), str(path))
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    result = CliRunner().invoke(main, ["explain", str(path), str(image), "-m", "occlusion", "--out",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: The model's input 'x' is bfloat16, which onnxplain cannot feed; "
+                                     "re-export the model with a float32, float16 or uint8 input.")
+    assert not (tmp_path / "out").exists()
