@@ -103,13 +103,12 @@ def converter_status(model) -> dict:
     """Whether the torch converter takes this model (gradient methods need it)."""
     try:
         import onnxtorch
-        half = onnxtorch.has_half(model.proto)
-        proto = onnxtorch.upcast_half(model.proto) if half else model.proto
+        proto = onnxtorch.upcast_half(model.proto)
         missing, why = onnxtorch.check(proto), onnxtorch.problem(proto)
     except ImportError as exc:
         return {"ok": False, "missing": [], "message": str(exc)}
     return {"ok": why is None, "missing": [{"op": op, "opset": opset, "node": node} for op, opset, node in missing],
-            "message": why, "float32": half}
+            "message": why, "float32": proto is not model.proto}
 
 
 def format_report(report: dict) -> str:

@@ -164,7 +164,7 @@ class Explainer:
     def torch_proto(self):
         """The model as the torch converter takes it: float16/bfloat16 models upcast to float32."""
         import onnxtorch
-        return onnxtorch.upcast_half(self.model.proto) if onnxtorch.has_half(self.model.proto) else self.model.proto
+        return onnxtorch.upcast_half(self.model.proto)
 
     @property
     def module(self):

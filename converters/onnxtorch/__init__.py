@@ -15,7 +15,8 @@ from .graph import NodeInfo, check_precision, has_half, load_model, missing_ops,
 from .module import OnnxModule
 from .registry import supported_ops
 
-__all__ = ["to_torch", "check", "problem", "has_half", "upcast_half", "OnnxModule", "NodeInfo", "ConversionError", "UnsupportedOp", "UnsupportedModel",
+__all__ = ["to_torch", "check", "problem", "has_half", "upcast_half", "OnnxModule", "NodeInfo", "ConversionError",
+           "UnsupportedOp", "UnsupportedModel",
            "UnknownTensor", "supported_ops"]
 
 

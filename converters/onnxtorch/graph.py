@@ -77,8 +77,11 @@ def has_half(model: onnx.ModelProto) -> bool:
 
 def upcast_half(model: onnx.ModelProto) -> onnx.ModelProto:
     """A float32 copy of a float16/bfloat16 model: weights, constants, casts, dtype attributes and declared
-    tensor types. Half values are exact in float32, so the copy computes what the model means, without the
-    half rounding between ops; gradient methods then run on it (half-precision gradients are too coarse)."""
+    tensor types (the model itself when nothing is half). Half values are exact in float32, so the copy
+    computes what the model means, without the half rounding between ops; gradient methods then run on it
+    (half-precision gradients are too coarse)."""
+    if not has_half(model):
+        return model
     model = copy_model(model)
     graph = model.graph
     for index, tensor in enumerate(graph.initializer):

@@ -99,14 +99,14 @@ class ScoreCAM(Method):
             x = batch.x[i:i + 1]
             base = self._baseline(x[0], batch.spec.layout, baseline)
             change = x if base is None else x - base  # masked input = base + (x - base) * mask
-            buffer: list[np.ndarray] = []  # one array reused by every chunk: no fresh pages per chunk
+            buffer = np.empty((0,) + x.shape[1:], np.float32)  # reused by every chunk: no fresh pages per chunk
 
             def make(rows: slice) -> np.ndarray:
+                nonlocal buffer
                 masks = batch.spatial_mask(normalised_masks(act[chosen[distinct[rows]]], size))
-                shape = (len(masks),) + x.shape[1:]
-                if not buffer or len(buffer[0]) < len(masks):
-                    buffer[:] = [np.empty(shape, np.float32)]
-                out = np.multiply(change, masks, out=buffer[0][:len(masks)])
+                if len(buffer) < len(masks):
+                    buffer = np.empty((len(masks),) + x.shape[1:], np.float32)
+                out = np.multiply(change, masks, out=buffer[:len(masks)])
                 return out if base is None else np.add(out, base, out=out)
 
             scores = input_scores(explainer, target, len(distinct), x.nbytes, make,

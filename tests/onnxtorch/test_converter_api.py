@@ -152,6 +152,7 @@ def test_upcast_half_gives_a_float32_model_that_matches_onnxruntime():
     assert onnxtorch.has_half(model)
     upcast = onnxtorch.upcast_half(model)
     assert not onnxtorch.has_half(upcast) and onnxtorch.has_half(model) and onnxtorch.problem(upcast) is None
+    assert onnxtorch.upcast_half(upcast) is upcast  # nothing half: the model itself, no copy
     x = np.array([[1.0, 2.0, -3.0], [0.25, -0.5, 4.0]], np.float16)
     expected = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     got = onnxtorch.to_torch(upcast)(torch.from_numpy(x.astype(np.float32)))
