@@ -28,7 +28,8 @@ from torch import nn
 
 import onnxplain
 from nets import export, resnet50, timed
-from onnxplain.runtime import Runtime, TorchRuntime, cuda_problem, torch_cuda_problem
+from onnxplain.devices import cuda_problem, torch_cuda_problem
+from onnxplain.runtime import Runtime, TorchRuntime
 
 # the figures: seconds per call (batch 1) or per image (forward passes at batch 32)
 REFERENCE = {

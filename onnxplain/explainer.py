@@ -12,11 +12,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import methods as method_registry
+from .devices import plan_devices
 from .errors import DeviceError, ImageError, MethodError, UserError
 from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
 from .methods.base import Attribution, Method
 from .model import Model
-from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas, per_image_bytes, plan_devices
+from .memory import per_image_bytes
+from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
 from .surgery import Split, split
 from .targets import BoxLayout, Context, Target, resolve
 

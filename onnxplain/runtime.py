@@ -1,20 +1,16 @@
-"""Where models run: device and engine choice, batch sizes from free memory, and the two runtimes.
+"""The two runtimes, and numpy's BLAS threads while they run.
 
 `Runtime` runs a ModelProto on onnxruntime (one session per output set, IOBinding on CUDA);
 `TorchRuntime` runs the same graph through the torch converter's OnnxModule with the same
-interface, so a forward-only method gives the same answer on either engine.
+interface, so a forward-only method gives the same answer on either engine. Both size their batches
+from free memory (memory.py); where they run is decided by devices.py.
 """
 from __future__ import annotations
 
 import abc
-import ctypes
 import functools
 import logging
-import math
-import os
-import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -22,238 +18,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import DeviceError, ModelError
+from . import memory
+from .errors import ModelError
 from .progress import progress
 from .surgery import expose
 
 log = logging.getLogger(__name__)
-
-CUDA_DOCS = "https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html#requirements"
-SAFETY = 2.0    # the per-image estimate times this: workspaces, allocator rounding, copies on the way
-HEADROOM = 0.5  # share of the free memory one run may fill (the rest: weights, other processes, fragmentation)
-
-
-# ---- why CUDA cannot be used ------------------------------------------------------------------
-@functools.cache
-def cuda_problem() -> str | None:
-    """Why onnxruntime cannot use CUDA here (what is wrong and what to do), or None when it can.
-
-    Cached: the answer does not change within a process, and the probe costs a session.
-    """
-    try:
-        from onnxruntime.capi import build_and_package_info as info
-    except ImportError:  # older builds: names below fall back to their defaults
-        info = None
-    package = f"{getattr(info, 'package_name', 'onnxruntime')} {ort.__version__}"
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return (f"this onnxruntime build ({package}) has no CUDA provider; replace it with onnxruntime-gpu "
-                "(pip uninstall onnxruntime && pip install onnxruntime-gpu) or use --device cpu")
-    try:
-        if _probe_uses_cuda():
-            return None
-    except Exception as exc:  # the provider may raise instead of falling back
-        return f"onnxruntime's CUDA provider failed to start ({str(exc).splitlines()[0]}); use --device cpu"
-    gpu = _gpu_problem()
-    if gpu is not None:
-        return f"{gpu}; use --device cpu"
-    library = _missing_library()
-    cuda = getattr(info, "cuda_version", "12")
-    if library is not None:
-        return (f"{package} has a CUDA provider but cannot load {library} (it needs the CUDA {cuda} and cuDNN 9 "
-                f"libraries); install them (e.g. pip install \"onnxruntime-gpu[cuda,cudnn]\") and make them findable "
-                "(LD_LIBRARY_PATH, or onnxruntime.preload_dlls() in Python), or use --device cpu")
-    return (f"{package} found a GPU and its CUDA libraries but its CUDA provider fell back to the CPU; "
-            f"check the versions against {CUDA_DOCS} (CUDA {cuda}, cuDNN 9) or use --device cpu")
-
-
-def _probe_uses_cuda() -> bool:
-    """Whether a session asked for CUDA gets it (onnxruntime silently falls back to the CPU otherwise)."""
-    node = onnx.helper.make_node("Relu", ["x"], ["y"])
-    graph = onnx.helper.make_graph([node], "probe", [onnx.helper.make_tensor_value_info("x", 1, [1])],
-                                   [onnx.helper.make_tensor_value_info("y", 1, [1])])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    ort.set_default_logger_severity(4)  # the fallback is reported by cuda_problem, not by onnxruntime's log
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
-    finally:
-        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
-    return session.get_providers()[0] == "CUDAExecutionProvider"
-
-
-def _gpu_problem() -> str | None:
-    """Why there is no GPU (no NVIDIA driver, or the driver sees no device), or None when one is visible."""
-    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
-    try:
-        driver = ctypes.CDLL(name)
-    except OSError:
-        return f"there is no GPU to run on (no NVIDIA driver: {name} cannot be loaded)"
-    count = ctypes.c_int(0)
-    status = driver.cuInit(0)
-    if status != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return (f"the NVIDIA driver sees no GPU device (cuInit returned {status}); check nvidia-smi and "
-                "CUDA_VISIBLE_DEVICES")
-    return None
-
-
-def _missing_library() -> str | None:
-    """The first library that onnxruntime's CUDA provider cannot load (e.g. libcublasLt.so.13), or None."""
-    folder = Path(ort.__file__).parent / "capi"
-    provider = next(iter(sorted(folder.glob("*onnxruntime_providers_cuda*"))), None)
-    if provider is None:
-        return None
-    try:
-        ctypes.CDLL(str(provider))
-    except OSError as exc:  # the loader names the missing library first: "libX.so.N: cannot open ..."
-        return Path(str(exc).split(":")[0].strip()).name or str(exc)
-    return None
-
-
-def torch_cuda_problem() -> str | None:
-    """Why torch cannot use CUDA here (what is wrong and what to do), or None when it can."""
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed; install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
-    if torch.version.cuda is None:
-        return (f"torch {torch.__version__} is a CPU-only build (no CUDA); install a CUDA build of torch "
-                "(https://pytorch.org/get-started/locally/) or use --device cpu")
-    if not torch.cuda.is_available():
-        return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no usable GPU "
-                "(no driver, a driver too old for it, or CUDA_VISIBLE_DEVICES hides the GPU); check nvidia-smi "
-                "or use --device cpu")
-    return None
-
-
-# ---- device and engine choice --------------------------------------------------------------------
-def choose_providers(device: str) -> list[str]:
-    """Providers for 'cpu', 'cuda' or 'auto' (CUDA when it is present and works, else CPU)."""
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device not in ("cuda", "auto"):
-        raise DeviceError(f"Unknown device '{device}'; use cpu, cuda or auto.")
-    problem = cuda_problem()
-    if problem is None:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise DeviceError(f"CUDA was asked for but {problem}.")
-    return ["CPUExecutionProvider"]
-
-
-@dataclass(frozen=True)
-class DevicePlan:
-    """Where an Explainer runs: onnxruntime providers, the torch device, and the engine of forward-only methods."""
-    providers: list[str]
-    torch_device: str
-    engine: str                        # "ort" or "torch": what runs the forward-only methods
-    torch_problem: str | None = None   # why torch cannot use the CUDA asked for (raised when torch is needed)
-    note: str | None = None            # one line to log where the plan departs from what was asked
-
-    @property
-    def device(self) -> str:
-        """Where the forward-only methods run."""
-        if self.engine == "torch":
-            return self.torch_device
-        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-
-
-def plan_devices(device: str = "auto", engine: str = "auto",
-                 convertible: Callable[[], bool] = lambda: True) -> DevicePlan:
-    """Choose providers, torch device and engine for `device` (cpu | cuda | auto) and `engine` (auto | ort | torch).
-
-    engine auto is onnxruntime, except that device cuda switches to torch when onnxruntime cannot use CUDA
-    but torch can and the converter takes the model (`convertible`); the plan's note says so. device auto
-    never changes the engine. With device cuda, a torch without CUDA is reported when torch is first needed.
-    """
-    if engine not in ("auto", "ort", "torch"):
-        raise DeviceError(f"Unknown engine '{engine}'; use auto, ort or torch.")
-    if device not in ("cpu", "cuda", "auto"):
-        raise DeviceError(f"Unknown device '{device}'; use cpu, cuda or auto.")
-    cpu = ["CPUExecutionProvider"]
-    if device == "cpu":
-        return DevicePlan(cpu, "cpu", "torch" if engine == "torch" else "ort")
-    torch_problem = torch_cuda_problem()
-    torch_device = "cuda" if torch_problem is None or device == "cuda" else "cpu"
-    pending = torch_problem if device == "cuda" else None
-    if engine == "torch":
-        if pending:
-            raise DeviceError(f"CUDA was asked for with engine torch but {pending}.")
-        return DevicePlan(cpu, torch_device, "torch")
-    ort_problem = cuda_problem()
-    if ort_problem is None:
-        return DevicePlan(["CUDAExecutionProvider", "CPUExecutionProvider"], torch_device, "ort", pending)
-    if device == "auto":
-        return DevicePlan(cpu, torch_device, "ort")
-    if engine == "ort":
-        hint = "; or pass engine torch (--engine torch), which torch's CUDA can run" if torch_problem is None else ""
-        raise DeviceError(f"CUDA was asked for but {ort_problem}{hint}.")
-    if torch_problem is not None:
-        raise DeviceError(f"CUDA was asked for but {ort_problem}; torch cannot stand in "
-                          f"({torch_problem.split(';')[0]}).")
-    if not convertible():
-        raise DeviceError(f"CUDA was asked for but {ort_problem}; torch has CUDA but the converter cannot run "
-                          "this model (see `onnxplain inspect`).")
-    return DevicePlan(cpu, "cuda", "torch", note=f"onnxruntime cannot use CUDA ({ort_problem}); forward-only "
-                                                 "methods run on torch's CUDA instead (engine torch).")
-
-
-# ---- batch sizes from free memory ----------------------------------------------------------------
-def per_image_bytes(shapes: Iterable[tuple[str, Sequence[Any] | None]]) -> int:
-    """Bytes that one image's activations take: the sum over tensors (dtype name, shape with a batch axis first)
-    of their size; unknown dims and dtypes count as 1 and 4 bytes. An over-estimate of the peak, on purpose."""
-    total = 0
-    for dtype, shape in shapes:
-        if shape is None:
-            continue
-        try:
-            itemsize = np.dtype(dtype).itemsize
-        except TypeError:
-            itemsize = 4
-        total += itemsize * math.prod(d for d in list(shape)[1:] if isinstance(d, int) and d > 0)
-    return total
-
-
-def auto_batch_size(per_image: int, free: int | None, maximum: int) -> int:
-    """Images per batch: as many as fit in HEADROOM of `free` bytes at SAFETY x `per_image` each,
-    between 1 and `maximum` (all of `maximum` when the free memory or the footprint is unknown)."""
-    maximum = max(1, int(maximum))
-    if not free or per_image <= 0:
-        return maximum
-    return max(1, min(maximum, int(free * HEADROOM // (per_image * SAFETY))))
-
-
-def free_memory(device: str) -> int | None:
-    """Free bytes on `device`: the GPU's through torch (None without a CUDA torch), else available RAM."""
-    if device == "cuda":
-        try:
-            import torch
-            return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
-        except Exception:  # an unusable driver: fall back to the configured batch size
-            return None
-    return available_ram()
-
-
-def available_ram() -> int | None:
-    """Available RAM in bytes (MemAvailable, within the cgroup's limit where one is set), or None."""
-    found = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found = int(line.split()[1]) * 1024
-    except OSError:
-        try:
-            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            room = int(Path(limit).read_text()) - int(Path(used).read_text())
-        except (OSError, ValueError):  # no such cgroup file, or "max"
-            continue
-        found = room if found is None else min(found, room)
-    return found
 
 
 # ---- numpy's BLAS threads --------------------------------------------------------------------------
@@ -354,8 +124,8 @@ class BatchedRuntime(abc.ABC):
         dims = first.type.tensor_type.shape.dim
         self.fixed_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
         self.max_batch_size = batch_size
-        free = free_memory(self.device) if per_image else None
-        self.batch_size = auto_batch_size(per_image or 0, free, batch_size)
+        free = memory.free_memory(self.device) if per_image else None
+        self.batch_size = memory.auto_batch_size(per_image or 0, free, batch_size)
         if self.batch_size < batch_size:
             log.info("batch size %d (of at most %d): %.0f MB free on %s, about %.1f MB per image",
                      self.batch_size, batch_size, (free or 0) / 1e6, self.device, (per_image or 0) / 1e6)

@@ -16,14 +16,16 @@ import torch
 from click.testing import CliRunner
 
 import helpers
-import onnxplain.runtime as runtime_module
+import onnxplain.devices as devices_module
+import onnxplain.memory as memory_module
 from onnxplain import Explainer
 from onnxplain.cli import main
 from onnxplain.errors import DeviceError
 from onnxplain.methods import list_methods
 from onnxplain.model import Model
-from onnxplain.runtime import (HEADROOM, SAFETY, Runtime, TorchRuntime, auto_batch_size, available_ram,
-                               cuda_problem, per_image_bytes, plan_devices, run_bound, torch_cuda_problem)
+from onnxplain.devices import DevicePlan, cuda_problem, plan_devices, torch_cuda_problem
+from onnxplain.memory import HEADROOM, SAFETY, auto_batch_size, available_ram, per_image_bytes
+from onnxplain.runtime import Runtime, TorchRuntime, run_bound
 
 ORT_METHODS = [m["name"] for m in list_methods() if m["engine"] == "ort"]
 REGION_PARAMS = {"rise": {"n": 200}, "score-cam": {"channels": 32}, "smoothgrad-fd": {"n": 32},
@@ -129,21 +131,21 @@ def test_cli_explain_takes_engine(region_model, tmp_path):
 
 # ---- device errors say why and what to do ------------------------------------------------------------------------
 def test_cuda_problem_names_the_cause(monkeypatch, fresh_probes):
-    monkeypatch.setattr(runtime_module.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(devices_module.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert "has no CUDA provider" in cuda_problem() and "pip install onnxruntime-gpu" in cuda_problem()
     cuda_problem.cache_clear()
-    monkeypatch.setattr(runtime_module.ort, "get_available_providers",
+    monkeypatch.setattr(devices_module.ort, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(runtime_module, "_probe_uses_cuda", lambda: False)  # the probe session fell back to CPU
-    monkeypatch.setattr(runtime_module, "_gpu_problem", lambda: "there is no GPU to run on (no NVIDIA driver)")
+    monkeypatch.setattr(devices_module, "_probe_uses_cuda", lambda: False)  # the probe session fell back to CPU
+    monkeypatch.setattr(devices_module, "_gpu_problem", lambda: "there is no GPU to run on (no NVIDIA driver)")
     assert cuda_problem().startswith("there is no GPU") and cuda_problem().endswith("use --device cpu")
     cuda_problem.cache_clear()
-    monkeypatch.setattr(runtime_module, "_gpu_problem", lambda: None)
-    monkeypatch.setattr(runtime_module, "_missing_library", lambda: "libcublasLt.so.13")
+    monkeypatch.setattr(devices_module, "_gpu_problem", lambda: None)
+    monkeypatch.setattr(devices_module, "_missing_library", lambda: "libcublasLt.so.13")
     message = cuda_problem()
     assert "cannot load libcublasLt.so.13" in message and "cuDNN 9" in message and "--device cpu" in message
     cuda_problem.cache_clear()
-    monkeypatch.setattr(runtime_module, "_probe_uses_cuda", lambda: True)
+    monkeypatch.setattr(devices_module, "_probe_uses_cuda", lambda: True)
     assert cuda_problem() is None
 
 
@@ -167,8 +169,8 @@ def test_torch_cuda_problem_names_the_build(monkeypatch):
 
 
 def fake(monkeypatch, ort_problem: str | None, torch_problem: str | None) -> None:
-    monkeypatch.setattr(runtime_module, "cuda_problem", lambda: ort_problem)
-    monkeypatch.setattr(runtime_module, "torch_cuda_problem", lambda: torch_problem)
+    monkeypatch.setattr(devices_module, "cuda_problem", lambda: ort_problem)
+    monkeypatch.setattr(devices_module, "torch_cuda_problem", lambda: torch_problem)
 
 
 def test_device_cuda_switches_to_engine_torch_when_only_torch_has_cuda(monkeypatch, caplog, region_model):
@@ -192,11 +194,11 @@ def test_torch_without_cuda_is_reported_when_torch_is_needed(monkeypatch, region
     assert plan.engine == "ort" and plan.providers[0] == "CUDAExecutionProvider" and plan.torch_problem
     with pytest.raises(DeviceError, match="^CUDA was asked for with engine torch but torch .* CPU-only build"):
         plan_devices("cuda", "torch")
-    monkeypatch.setattr(runtime_module, "cuda_problem", lambda: "there is no GPU to run on")
+    monkeypatch.setattr(devices_module, "cuda_problem", lambda: "there is no GPU to run on")
     stand_in = r"no GPU to run on; torch cannot stand in \(torch .* CPU-only build \(no CUDA\)\)\.$"
     with pytest.raises(DeviceError, match=stand_in):
         plan_devices("cuda")
-    assert plan_devices("auto") == runtime_module.DevicePlan(["CPUExecutionProvider"], "cpu", "ort")
+    assert plan_devices("auto") == DevicePlan(["CPUExecutionProvider"], "cpu", "ort")
     with pytest.raises(DeviceError, match="Unknown engine 'tvm'"):
         plan_devices("cpu", "tvm")
 
@@ -228,7 +230,7 @@ def test_runtime_batches_by_free_memory(monkeypatch, region_model):
     model = Model.load(region_model)
     footprint = per_image_bytes((t.dtype, t.shape) for t in model.tensors.values())
     assert footprint >= 4 * (3 * 32 * 32 + 2 * 6 * 32 * 32 + 3 * 8 * 16 * 16)  # input, conv1/relu, conv2/relu/mask
-    monkeypatch.setattr(runtime_module, "free_memory", lambda device: int(footprint * SAFETY / HEADROOM * 3))
+    monkeypatch.setattr(memory_module, "free_memory", lambda device: int(footprint * SAFETY / HEADROOM * 3))
     small = Runtime(model.proto, batch_size=32, per_image=footprint)
     assert small.batch_size == 3 and small.max_batch_size == 32
     x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)

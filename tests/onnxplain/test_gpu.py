@@ -21,7 +21,8 @@ import torch
 from onnxplain import Explainer
 from onnxplain.methods import list_methods
 from onnxplain.model import Model
-from onnxplain.runtime import Runtime, TorchRuntime, cuda_problem
+from onnxplain.devices import cuda_problem
+from onnxplain.runtime import Runtime, TorchRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTO = str(ROOT / "models" / "chelsea.jpg")

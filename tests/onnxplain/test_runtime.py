@@ -1,4 +1,5 @@
-"""Runtime: device choice, one session per output set, batching, fixed batch of 1."""
+"""Runtime: device choice (devices.plan_devices), one session per output set, batching, fixed batch of 1,
+numpy's BLAS threads."""
 from __future__ import annotations
 
 import threading
@@ -13,7 +14,8 @@ import helpers
 from onnxplain import Explainer
 from onnxplain.errors import DeviceError
 from onnxplain.model import Model
-from onnxplain.runtime import Runtime, choose_providers, cuda_problem, one_thread_blas
+from onnxplain.devices import DevicePlan, cuda_problem, plan_devices, torch_cuda_problem
+from onnxplain.runtime import Runtime, one_thread_blas
 
 
 def test_batched_run_equals_one_call_and_sessions_are_cached(region_model):
@@ -41,15 +43,22 @@ def test_fixed_batch_of_one_loops(tmp_path):
 
 
 def test_device_choice():
-    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    """What the Explainer asks: cpu is onnxruntime's CPU provider; auto takes onnxruntime's CUDA only when it
+    works; cuda without it is a DeviceError naming the cause; unknown names are refused."""
+    assert plan_devices("cpu") == DevicePlan(["CPUExecutionProvider"], "cpu", "ort")
+    assert plan_devices("cpu", "torch") == DevicePlan(["CPUExecutionProvider"], "cpu", "torch")
+    auto = plan_devices("auto")
+    torch_device = "cuda" if torch_cuda_problem() is None else "cpu"
     if cuda_problem() is None:
-        assert choose_providers("auto")[0] == "CUDAExecutionProvider"
+        assert auto.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"] and auto.device == "cuda"
     else:
-        assert choose_providers("auto") == ["CPUExecutionProvider"]
-        with pytest.raises(DeviceError, match="CUDA was asked for but"):
-            choose_providers("cuda")
-    with pytest.raises(DeviceError, match="Unknown device 'tpu'"):
-        choose_providers("tpu")
+        assert auto == DevicePlan(["CPUExecutionProvider"], torch_device, "ort") and auto.device == "cpu"
+        with pytest.raises(DeviceError, match="^CUDA was asked for but"):
+            plan_devices("cuda", "ort")
+    with pytest.raises(DeviceError, match="^Unknown device 'tpu'; use cpu, cuda or auto.$"):
+        plan_devices("tpu")
+    with pytest.raises(DeviceError, match="^Unknown engine 'tvm'; use auto, ort or torch.$"):
+        plan_devices("cpu", "tvm")
 
 
 def numpy_blas_threads() -> list[int]:
