@@ -209,7 +209,7 @@ def methods_command(as_json):
 
 from .audit import audit_command  # noqa: E402  (each module imports only click at module level)
 from .features.cli import features  # noqa: E402
-from .serve import serve_command  # noqa: E402
+from .serve_cli import serve_command  # noqa: E402
 from .synthesis.cli import synth  # noqa: E402
 
 main.add_command(features)

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,9 @@ import uvicorn
 
 import onnxplain
 from onnxplain.errors import UserError
-from onnxplain.serve import create_app, serve_command
+from onnxplain.cli import main
+from onnxplain.serve import (EXPLAIN, PREDICT, ExplainJob, HTTPError, PredictJob, ServeConfig, create_app,
+                             openapi_schema)
 
 CHELSEA = Path(__file__).resolve().parents[2] / "models" / "chelsea.jpg"
 CATS = {"tiger cat", "Egyptian cat", "tabby"}
@@ -108,6 +111,72 @@ def test_health_and_openapi(client):
     assert "multipart/form-data" in schema["paths"]["/explain"]["post"]["requestBody"]["content"]
     assert_refused(client.get("/nowhere"), 404, "not found")
     assert_refused(client.get("/predict"), 405)
+
+
+def test_openapi_documents_exactly_the_served_routes(explainer, client):
+    """The (path, verb) pairs of the app's routes equal those of its OpenAPI document; each documented GET
+    answers 200 live and each documented POST exists (an empty JSON body is 422, not 404 or 405)."""
+    served = {(route.path, verb) for route in create_app(explainer).routes for verb in route.methods - {"HEAD"}}
+    document = client.get("/openapi.json").json()
+    documented = {(path, verb.upper()) for path, operations in document["paths"].items() for verb in operations}
+    assert served == documented
+    assert document == json.loads(json.dumps(openapi_schema()))  # the live document is the generated one
+    for path, verb in sorted(documented):
+        if verb == "GET":
+            assert client.get(path).status_code == 200, path
+        else:
+            assert_refused(client.post(path, json={}), 422, "image")
+
+
+def form_value(value) -> str:
+    """A JSON value as a multipart form sends it."""
+    return json.dumps(value) if isinstance(value, (bool, dict)) else str(value)
+
+
+def test_each_documented_request_field_is_accepted_by_the_live_route(client, explainer, chelsea):
+    """For every POST route and every field its JSON schema documents, a request with that field set to its
+    documented example (the model's own output name for `output`) is served, as JSON and as multipart; the
+    route's list of accepted fields (in its unknown-field refusal) is exactly the documented one."""
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    own = {"output": explainer.model.outputs[0].name}
+    for path, operations in document["paths"].items():
+        if "post" not in operations:
+            continue
+        content = operations["post"]["requestBody"]["content"]
+        as_json = schemas[content["application/json"]["schema"]["$ref"].split("/")[-1]]
+        as_form = schemas[content["multipart/form-data"]["schema"]["$ref"].split("/")[-1]]
+        assert set(as_json["properties"]) == set(as_form["properties"]) and as_json["required"] == as_form["required"]
+        names = [n for n in as_json["properties"] if n != "image"]
+
+        def example(name: str):
+            prop = as_json["properties"][name]
+            return own.get(name, (prop.get("examples") or [prop.get("default")])[0])
+
+        required = {n: example(n) for n in as_json["required"] if n != "image"}
+        for name in names:
+            fields = {**required, name: example(name)}
+            assert fields[name] is not None, f"{path} documents '{name}' without an example"
+            answer = client.post(path, json={"image": b64(chelsea), **fields})
+            assert answer.status_code == 200, (path, name, answer.text)
+            answer = client.post(path, files={"image": ("chelsea.jpg", chelsea, "image/jpeg")},
+                                 data={k: form_value(v) for k, v in fields.items()})
+            assert answer.status_code == 200, (path, name, answer.text)
+        refused = client.post(path, json={"image": b64(chelsea), **required, "zzz": 1})
+        assert_refused(refused, 422, f"unknown field 'zzz'; this endpoint takes {', '.join(['image'] + names)}.")
+
+
+def test_request_models_are_the_jobs_and_follow_the_config():
+    """Each request model's fields are its job's dataclass fields; the documented and enforced bound of `top`
+    is the app's max_top."""
+    assert PREDICT.names == tuple(f.name for f in dataclass_fields(PredictJob))
+    assert set(EXPLAIN.names) == {f.name for f in dataclass_fields(ExplainJob)}
+    config = ServeConfig(max_top=7)
+    top = openapi_schema(config=config)["components"]["schemas"]["PredictJson"]["properties"]["top"]
+    assert (top["minimum"], top["maximum"], top["default"]) == (1, 7, 5)
+    assert PREDICT.parse({"top": "7"}, b"x", config).top == 7
+    with pytest.raises(HTTPError, match=r"^Field 'top' must be an integer from 1 to 7\.$"):
+        PREDICT.parse({"top": 8}, b"x", config)
 
 
 def test_model(client, explainer):
@@ -300,11 +369,11 @@ def test_load_40_explains_at_concurrency_8(client, chelsea):
 def test_serve_command_help_and_errors(tmp_path):
     from click.testing import CliRunner
 
-    result = CliRunner().invoke(serve_command, ["--help"])
+    result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
     for option in ("--host", "--port", "--preset", "--labels", "--max-batch", "--max-body", "--device",
                    "--queue-size"):
         assert option in result.output
     assert "127.0.0.1" in result.output
-    missing = CliRunner().invoke(serve_command, [str(tmp_path / "missing.onnx")])
-    assert isinstance(missing.exception, UserError)  # the `onnxplain` group prints it and exits 2
+    missing = CliRunner().invoke(main, ["serve", str(tmp_path / "missing.onnx")])
+    assert missing.exit_code == 2 and "missing.onnx' does not exist; check the path.\n" in missing.output
