@@ -149,6 +149,58 @@ def test_interrupt_writes_the_partial_report(region_model, folder, tmp_path, mon
     assert "Incomplete" in (out / "audit.html").read_text()
 
 
+# ---- the report's escaping ----------------------------------------------------------------------
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_report_escapes_file_and_method_names(region_model, tmp_path):
+    """An image file named like an HTML tag and a method name holding <script> (in table headers, the summary,
+    the curves' captions and the thresholds banner) come out as text: the report's only script element is its
+    own sorting code."""
+    from html.parser import HTMLParser
+
+    from onnxplain.report import render_html
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    name = "<img src=x onerror=alert(1)>.png"
+    cv2.imwrite(str(folder / name), helpers.random_images(1, seed=3)[0])
+    out = tmp_path / "out"
+    run_audit(region_model, folder, out, AuditOptions(methods=("eigen-cam",), steps=4, sanity_images=0),
+              preset="raw01", quiet=True)
+    report = json.loads((out / "audit.json").read_text())
+    assert [r["image"] for r in report["images"]] == [name]
+    # the method renamed to a hostile name everywhere the report names it
+    report["options"]["methods"] = [HOSTILE]
+    report["summary"]["methods"] = {HOSTILE: report["summary"]["methods"]["eigen-cam"]}
+    for record in report["images"]:
+        record["methods"] = {HOSTILE: record["methods"]["eigen-cam"]}
+    report["thresholds"], report["violations"] = [{"metric": f"insertion[{HOSTILE}]", "bound": "under",
+                                                   "value": 0.0}], []
+    page = render_html(report, {})
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.tags, self.headers, self.in_th = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.in_th = tag == "th"
+
+        def handle_data(self, data):
+            if self.in_th:
+                self.headers.append(data)
+
+    parsed = Tags()
+    parsed.feed(page)
+    assert parsed.tags.count("script") == 1 and "img" not in parsed.tags  # no thumbnails given: no img at all
+    assert f"{HOSTILE} deletion" in parsed.headers and HOSTILE in parsed.headers
+    assert f"&lt;script&gt;alert(1)&lt;/script&gt; deletion</th>" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;.png</td>" in page
+    assert "All thresholds met (insertion[&lt;script&gt;alert(1)&lt;/script&gt;] &ge; 0)." in page
+
+
 # ---- the report in a real browser ----------------------------------------------------------------
 def chromium_driver():
     """A headless Chromium driven by chromedriver, or pytest.fail naming what to install."""
