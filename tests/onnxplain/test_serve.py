@@ -21,7 +21,8 @@ import uvicorn
 
 import onnxplain
 from onnxplain.errors import UserError
-from onnxplain.serve import create_app, serve_command
+from onnxplain.cli.serve import serve_command
+from onnxplain.serve import create_app
 
 CHELSEA = Path(__file__).resolve().parents[2] / "models" / "chelsea.jpg"
 CATS = {"tiger cat", "Egyptian cat", "tabby"}
@@ -307,4 +308,4 @@ def test_serve_command_help_and_errors(tmp_path):
         assert option in result.output
     assert "127.0.0.1" in result.output
     missing = CliRunner().invoke(serve_command, [str(tmp_path / "missing.onnx")])
-    assert isinstance(missing.exception, UserError)  # the `onnxplain` group prints it and exits 2
+    assert missing.exit_code == 2 and "does not exist" in missing.output and "Traceback" not in missing.output
