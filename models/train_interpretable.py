@@ -14,6 +14,9 @@ and the spread of each firing filter's peak position over all 100 faces at the t
 (`--seeds`), the mask without the loss (`--ablation`), and both models with zero-padded convs
 (`--padded-control`), where the gap is larger because filters can lock onto the crop's edges.
 
+The recipe (the data, `train_test_split`, augmentation, `train`, `accuracy`, `export`) lives here; the paper's
+layer and loss are onnxplain.interpretable, the peak analysis onnxplain.features.peaks.
+
     python models/train_interpretable.py            # about 1.5 minutes on one CPU thread, all checks included
 """
 from __future__ import annotations
