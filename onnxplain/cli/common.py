@@ -48,7 +48,8 @@ class LazyGroup(Group):
         self.lazy = dict(lazy or {})
 
     def list_commands(self, ctx) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+        """The lazy commands in the order given (a reading order), then any added directly."""
+        return list(self.lazy) + [name for name in super().list_commands(ctx) if name not in self.lazy]
 
     def get_command(self, ctx, name: str):
         if name not in self.commands and name in self.lazy:
