@@ -44,9 +44,9 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from onnxplain.cli import main; main()", "serve", str(MODEL),
-               "--host", HOST, "--port", str(port), "--max-batch", str(args.max_batch),
-               "--workers", str(args.workers), "--queue-size", str(args.queue_size)]
+    command = [sys.executable, "-m", "onnxplain.cli", "serve", str(MODEL), "--host", HOST, "--port", str(port),
+               "--max-batch", str(args.max_batch), "--workers", str(args.workers),
+               "--queue-size", str(args.queue_size)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

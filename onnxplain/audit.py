@@ -1,8 +1,8 @@
 """Deployment-side audit: explanations of a folder of images with faithfulness, localisation, sanity and
 drift metrics, written as one self-contained HTML report and `audit.json`, with CI thresholds.
 
-Only click and the standard library are imported at module level, so mounting `audit_command` on the CLI
-keeps `onnxplain --help` fast; numpy, onnxruntime and the methods load when the command runs.
+Only the standard library is imported at module level; numpy, onnxruntime and the methods load when an
+audit runs. The command is `onnxplain audit` (onnxplain/cli/audit.py).
 """
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
-
-import click
 
 from .errors import UserError
 
@@ -138,16 +136,17 @@ def list_images(source: str | os.PathLike, limit: int | None = None) -> list[Pat
 
 
 def parse_method_params(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
-    """`METHOD:KEY=VALUE` strings as {method: {key: value}}, checked against each method's parameters."""
+    """`METHOD:KEY=VALUE` strings as {method: {key: value}}, typed and checked against each method's parameters."""
     from . import methods as registry
+    from .params import split_pair
     params: dict[str, dict] = {}
     for pair in pairs:
-        match = re.match(r"^([^:=]+):([^=]+)=(.*)$", pair)
-        if not match or match.group(1) not in methods:
+        target, value = split_pair(pair, "rise:n=1000")
+        method, _, key = target.partition(":")
+        if not key.strip() or method not in methods:
             raise UserError(f"Parameter '{pair}' is not METHOD:KEY=VALUE for one of the audited methods; "
                             "write e.g. -p rise:n=1000.")
-        method, key, value = match.group(1), match.group(2).strip().replace("-", "_"), match.group(3).strip()
-        params.setdefault(method, {})[key] = value
+        params.setdefault(method, {})[key.strip().replace("-", "_")] = value
     for method, given in params.items():
         params[method] = {k: getattr(registry.get(method).make_params(**given), k) for k in given}
     return params
@@ -375,75 +374,6 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
     finally:
         report = audit.write(html=True)
     return report
-
-
-# ---- the command --------------------------------------------------------------------------------
-@click.command("audit")
-@click.argument("model", type=click.Path())
-@click.argument("images_dir", type=click.Path())
-@click.option("--methods", "-m", default="grad-cam", show_default=True, help="Method names, comma separated.")
-@click.option("--compare", type=click.Path(), default=None,
-              help="A second model file (e.g. its int8 quantisation): prediction and map drift.")
-@click.option("--boxes", type=click.Path(), default=None,
-              help='JSON {"image.jpg": [[x1, y1, x2, y2], ...]} in original pixels: the pointing game.')
-@click.option("--out", "out_dir", default="onnxplain-audit", show_default=True, type=click.Path(),
-              help="Folder for audit.html and audit.json.")
-@click.option("--fail-under", multiple=True, metavar="METRIC[:METHOD]=VALUE",
-              help="Exit 1 when a higher-is-better metric is below VALUE (insertion, pointing, sanity, "
-                   "top1_agreement, top5_overlap, drift_spearman). Repeatable.")
-@click.option("--fail-over", multiple=True, metavar="METRIC[:METHOD]=VALUE",
-              help="Exit 1 when a lower-is-better metric is above VALUE (deletion, sanity_spearman, sanity_ssim).")
-@click.option("--limit", type=int, default=None, help="Audit only the first N images (sorted by path).")
-@click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
-@click.option("--param", "-p", multiple=True, metavar="METHOD:KEY=VALUE", help="Method parameter (repeatable).")
-@click.option("--steps", default=32, show_default=True, help="Deletion/insertion steps.")
-@click.option("--score", type=click.Choice(["probability", "logit"]), default="probability", show_default=True,
-              help="What deletion/insertion follow: the target's softmax probability or its logit.")
-@click.option("--deletion-baseline", type=click.Choice(["zero", "black", "blur"]), default="zero",
-              show_default=True, help="zero = zeros in model space; black = a black image; blur = blurred image.")
-@click.option("--insertion-baseline", type=click.Choice(["zero", "black", "blur"]), default="blur",
-              show_default=True)
-@click.option("--tolerance", default=15.0, show_default=True, help="Pointing-game tolerance in pixels.")
-@click.option("--sanity/--no-sanity", default=True, show_default=True,
-              help="Run the randomisation sanity check.")
-@click.option("--sanity-images", default=2, show_default=True, help="Images the sanity check uses.")
-@click.option("--sanity-steps", default=4, show_default=True,
-              help="Cascade depths (and single layers) the sanity check evaluates, spread over the weight layers.")
-@click.option("--preset", default=None, help="Preprocessing preset (default: model metadata or imagenet).")
-@click.option("--labels", type=click.Path(), default=None, help="Class names, one per line.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
-@click.pass_context
-def audit_command(ctx, model, images_dir, methods, compare, boxes, out_dir, fail_under, fail_over, limit, layer,
-                  param, steps, score, deletion_baseline, insertion_baseline, tolerance, sanity, sanity_images,
-                  sanity_steps, preset, labels, device):
-    """Audit MODEL's explanations on IMAGES_DIR: deletion/insertion AUC, pointing game, randomisation
-    sanity check and drift against a second model; one self-contained audit.html plus audit.json.
-
-    Exit codes: 0 all thresholds met, 1 a --fail-under/--fail-over threshold violated, 2 a usage error,
-    130 interrupted (the partial report is written).
-    """
-    from . import progress
-    thresholds = [parse_threshold(t, "under") for t in fail_under] + [parse_threshold(t, "over") for t in fail_over]
-    names = tuple(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
-    if not names:
-        raise UserError("--methods names no method; write e.g. --methods grad-cam,score-cam.")
-    options = AuditOptions(methods=names, layer=layer, params=parse_method_params(param, names), steps=steps,
-                           probability=score == "probability", deletion_baseline=deletion_baseline,
-                           insertion_baseline=insertion_baseline, tolerance=tolerance, sanity=sanity,
-                           sanity_images=sanity_images, sanity_steps=sanity_steps)
-    out = Path(out_dir)
-    try:
-        report = run_audit(model, images_dir, out, options, compare=compare, boxes=boxes, thresholds=thresholds,
-                           preset=preset, labels=labels, device=device, limit=limit, quiet=progress.QUIET)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: the partial report is in {out / 'audit.html'}", err=True)
-        ctx.exit(130)
-    click.echo(format_summary(report))
-    click.echo(f"report: {out / 'audit.html'}  data: {out / 'audit.json'}")
-    if report["violations"]:
-        for line in report["violations"]:
-            click.echo(f"FAIL {line}")
-        ctx.exit(1)
 
 
 def format_summary(report: dict) -> str:

@@ -221,7 +221,9 @@ def class_targets(text: str, context: Context, i: int) -> list[ClassTarget]:
     match = re.fullmatch(r"top(\d+)", text)
     if match:
         k = int(match.group(1))
-        if not 1 <= k <= classes:
+        if k < 1:
+            raise TargetError(f"Target '{text}' asks for no class; use top1 to top{classes} (or predicted).")
+        if k > classes:
             raise TargetError(f"'{text}' asks for more classes than output '{context.output}' has ({classes}).")
         return [make(int(j)) for j in np.argsort(-row)[:k]]
     if labels and text in labels:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 import numpy as np
 
 from ..errors import MethodError
+from ..params import coerce_fields
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -55,34 +56,12 @@ class Method:
         if unknown:
             known = ", ".join(fields) or "none"
             raise MethodError(f"Method '{cls.name}' has no parameter '{unknown[0]}' (its parameters: {known}).")
-        converted = {}
-        for key, value in given.items():
-            default = getattr(cls.Params(), key)
-            converted[key] = _coerce(cls.name, key, value, default)
-        return cls.Params(**converted)
+        return cls.Params(**coerce_fields(cls.Params, given, f"method '{cls.name}'", MethodError))
 
     def explain(self, explainer: "Explainer", batch: "Prepared", targets: Sequence["Target"],
                 layer: str | None = None) -> RawMaps:
         """Maps for each image of the batch and its target."""
         raise MethodError(f"Method '{self.name}' does not implement explain().")
-
-
-def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
-    """Turn CLI strings into the type of the default (tuples from 'a,b', bools from 'true')."""
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(default, tuple):
-            kind = type(default[0]) if default else float
-            return tuple(kind(v) for v in value.replace("x", ",").split(","))
-        return type(default)(value)
-    except ValueError:
-        raise MethodError(f"Parameter '{key}' of method '{method}' cannot be '{value}'; "
-                          f"it takes a value like {default!r}.") from None
 
 
 @dataclass(frozen=True)

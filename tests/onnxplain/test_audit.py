@@ -18,14 +18,13 @@ from click.testing import CliRunner
 
 import helpers
 from onnxplain import metrics
-from onnxplain.audit import METRICS, Threshold, audit_command, check_thresholds, parse_threshold, run_audit, \
-    AuditOptions
-from onnxplain.cli import Group, main
+from onnxplain.audit import METRICS, Threshold, check_thresholds, parse_threshold, run_audit, AuditOptions
+from onnxplain.cli import main
+from onnxplain.cli.audit import audit_command
 from onnxplain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
-# the real CLI once `audit` is mounted; until then a group with the same UserError handling
-CLI = main if "audit" in main.commands else Group(name="onnxplain", commands={"audit": audit_command})
+CLI = main
 INSTALL = ("apt-get install -y chromium chromium-driver && pip install selenium "
            "(or set ONNXPLAIN_SKIP_BROWSER=1 to skip this test)")
 

@@ -17,7 +17,7 @@ import onnxplain
 from onnxplain.errors import TensorNameError
 from onnxplain.features import (Embedding, FeatureError, activations, dead_filters, embed, filters, grid_assignment,
                                 image_map, neighbours, neighbours_grid, scatter_plot, to_original_box, top_k, tsne)
-from onnxplain.features.cli import features
+from onnxplain.cli.features import features
 from onnxplain.images import PixelMap
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import onnxplain
 from onnxplain.features import dead_filters, embed, filters, neighbours, receptive_fields
-from onnxplain.features.cli import features
+from onnxplain.cli.features import features
 
 skimage_data = pytest.importorskip("skimage.data")
 PHOTOS = ["chelsea", "astronaut", "coffee", "rocket", "immunohistochemistry"]

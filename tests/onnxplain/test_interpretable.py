@@ -12,7 +12,10 @@ from click.testing import CliRunner
 from torch import nn
 
 import onnxplain
+from models import train_interpretable as recipe
 from onnxplain import interpretable as icnn
+from onnxplain.cli.features import features
+from onnxplain.features import peaks as fpeaks
 from real_models import ROOT
 
 MODELS = ROOT / "models"
@@ -35,7 +38,7 @@ def report() -> dict:
 
 @pytest.fixture(scope="module")
 def lfw():
-    return icnn.lfw_faces()
+    return recipe.lfw_faces()
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +151,7 @@ def test_short_training_lowers_the_filter_loss(lfw):
         net = icnn.FaceNet(masked=True, seed=0)
         with torch.no_grad():
             before = float(icnn.filter_loss(net.eval().top(x), alpha=0.5))
-        icnn.train(net, images[index], labels[index], epochs=3, lam=lam, alpha=0.5, seed=0)
+        recipe.train(net, images[index], labels[index], epochs=3, lam=lam, alpha=0.5, seed=0)
         with torch.no_grad():
             return before, float(icnn.filter_loss(net.eval().top(x), alpha=0.5))
 
@@ -162,13 +165,13 @@ def test_peak_spread_and_firing_filters_by_hand():
     """Spread = mean distance of positive peaks from their mean / sqrt(h w); weak filters do not fire."""
     positions = np.array([[[0, 0], [1, 1], [3, 3]], [[0, 2], [1, 1], [0, 0]], [[2, 1], [1, 1], [3, 3]]])
     values = np.array([[1.0, 5.0, 0.2], [1.0, 5.0, 0.0], [0.0, 5.0, 0.2]])   # filter 0 silent on image 2
-    result = icnn.Peaks("layer", ["a", "b", "c"], (4, 4), positions, values, threshold=0.1)
+    result = fpeaks.Peaks("layer", ["a", "b", "c"], (4, 4), positions, values, threshold=0.1)
     assert result.spread[0] == pytest.approx(1 / 4)       # (0,0), (0,2): mean (0,1), distances 1 and 1
     assert result.spread[1] == 0.0
     assert not result.fires[2] and np.isnan(result.spread[2])   # mean peak 0.13 < 0.1 * 5
     assert result.mean_spread == pytest.approx(0.125)
     assert result.counts(0).sum() == 2 and result.counts(0)[0, 2] == 1
-    assert icnn.peak_positions(np.arange(8.0).reshape(1, 2, 2, 2))[0].tolist() == [[[1, 1], [1, 1]]]
+    assert fpeaks.peak_positions(np.arange(8.0).reshape(1, 2, 2, 2))[0].tolist() == [[[1, 1], [1, 1]]]
 
 
 # ---- the shipped models --------------------------------------------------------------------------------
@@ -179,10 +182,10 @@ def test_shipped_models_match_their_report(name, lfw, report):
     entry = report["models"][name]
     explainer = onnxplain.load(MODELS / entry["file"], quiet=True)
     assert explainer.preprocess.scale == pytest.approx(1 / 255) and explainer.spec.channels == 1
-    _, test = icnn.split(labels, report["recipe"]["test_size"], report["recipe"]["seed"])
+    _, test = recipe.train_test_split(labels, report["recipe"]["test_size"], report["recipe"]["seed"])
     scores = explainer.forward(explainer.prepare(list(images[test])))["scores"]
     assert (scores.argmax(1) == labels[test]).mean() == pytest.approx(entry["heldout_accuracy"], abs=0.021)
-    result = icnn.peaks(explainer, list(images[labels == 1]), report["layer"], report["recipe"]["threshold"])
+    result = fpeaks.peaks(explainer, list(images[labels == 1]), report["layer"], report["recipe"]["threshold"])
     assert result.mean_spread == pytest.approx(entry["mean_spread"], abs=1e-4)
     assert int(result.fires.sum()) == entry["firing_filters"]
     assert entry["bytes"] < 300_000
@@ -197,8 +200,8 @@ def test_peaks_command_on_a_folder_of_faces(face_folder, tmp_path, report):
     """`features peaks` on PNG faces: table, mean spread equal to the JSON's, grid PNG and JSON written."""
     model = str(MODELS / report["models"]["interpretable"]["file"])
     out = tmp_path / "out"
-    result = CliRunner().invoke(icnn.peaks_command, [model, str(face_folder), "-l", report["layer"],
-                                                     "--out", str(out)])
+    result = CliRunner().invoke(features, ["peaks", model, str(face_folder), "-l", report["layer"],
+                                              "--out", str(out)])
     assert result.exit_code == 0, result.output
     expected = report["models"]["interpretable"]["mean_spread"]
     assert f"firing filters: {expected:.4f}" in result.output
@@ -213,13 +216,13 @@ def test_peaks_command_on_a_folder_of_faces(face_folder, tmp_path, report):
                                            (["--threshold", "2"], "not in [0, 1]")])
 def test_peaks_command_user_errors_exit_2(args, message, face_folder, tmp_path, report):
     model = str(MODELS / report["models"]["ordinary"]["file"])
-    result = CliRunner().invoke(icnn.peaks_command, [model, str(face_folder), *args, "--out", str(tmp_path)])
+    result = CliRunner().invoke(features, ["peaks", model, str(face_folder), *args, "--out", str(tmp_path)])
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
 def test_importing_the_module_does_not_import_torch():
-    """The CLI imports this module to list `features peaks`; torch loads only when a torch part is used."""
+    """Importing the paper's layer and loss does not import torch; torch loads only when a torch part is used."""
     import subprocess
     import sys
     code = "import sys, onnxplain.interpretable; assert 'torch' not in sys.modules"

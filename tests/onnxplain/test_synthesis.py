@@ -20,7 +20,7 @@ from onnxplain.images import denormalise, normalise
 from onnxplain.synthesis import (class_vis, dream, fool, gram, input_batch, invert, maximize, maximize_grid, style,
                                  texture)
 from onnxplain.synthesis import regularisers
-from onnxplain.synthesis.cli import synth
+from onnxplain.cli.synth import synth
 
 RELU1, RELU2 = "/relu1/Relu_output_0", "/relu2/Relu_output_0"
 QUICK = dict(steps=30, jitter=0, blur_every=0)   # a bare ascent, the baseline the regularisers are compared with

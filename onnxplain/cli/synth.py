@@ -5,77 +5,43 @@ sentence and exits 2, whether this group runs under `onnxplain` or on its own.
 """
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import click
 
-from ..clikit import Group
+from ..params import number
+from .common import HELP, OUT_DEFAULT, Group, model_options, param_option
 
 
 synth = Group("synth", help="What a neuron wants to see: activation maximisation, class visualisation, "
                               "DeepDream, inversion, fooling images, texture and style.",
-                context_settings={"help_option_names": ["-h", "--help"]})
+                context_settings=HELP)
 
 
 def common_options(func):
     """--steps, --seed, -p KEY=VALUE, --out, and the model options shared by every synth command."""
-    func = click.option("--out", "out_dir", default="onnxplain-out", show_default=True, type=click.Path())(func)
-    func = click.option("--param", "-p", "param", multiple=True,
-                        help="Any other parameter KEY=VALUE (repeatable), e.g. -p jitter=8 -p blur_sigma=1.")(func)
+    func = model_options()(func)
+    func = click.option("--out", "out_dir", default=OUT_DEFAULT, show_default=True, type=click.Path())(func)
+    func = param_option("jitter=8", help="Any other parameter KEY=VALUE (repeatable), e.g. -p jitter=8 "
+                                         "-p blur_sigma=1.")(func)
     func = click.option("--seed", default=None, type=int, help="Random seed (default 0).")(func)
     func = click.option("--steps", default=None, type=int, help="Optimisation steps (default: the method's).")(func)
-    func = click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)(func)
-    func = click.option("--labels", type=click.Path(), default=None, help="Class names, one per line.")(func)
-    func = click.option("--preset", default=None,
-                        help="Preprocessing preset (default: model metadata or imagenet).")(func)
     return func
-
-
-def _explainer(model: str, preset: str | None, labels: str | None, device: str):
-    from .. import progress
-    from ..explainer import Explainer
-    return Explainer(model, preprocess=preset, labels=labels, device=device, quiet=progress.QUIET)
-
-
-def number(text: str | float) -> float:
-    """A float from '0.03', '8/255' or '1e-4' (numbers pass through)."""
-    if not isinstance(text, str):
-        return float(text)
-    return float(Fraction(text.strip())) if "/" in text else float(text)
 
 
 def _params(cls: type, pairs, **given) -> dict:
     """Keyword overrides for a params dataclass from -p KEY=VALUE pairs (typed by the field's default)
     and the explicit options that were set."""
     import dataclasses
-    from .common import SynthesisError
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    from ..params import coerce_fields, parse_pairs
+    from ..synthesis import SynthesisError
+    known = [f.name for f in dataclasses.fields(cls)]
+    parsed = parse_pairs(pairs, "jitter=8", SynthesisError)
+    unknown = [key for key in parsed if key not in known]
+    if unknown:
+        raise SynthesisError(f"Unknown parameter '{unknown[0]}' (known: {', '.join(known)}).")
     overrides = {k: v for k, v in given.items() if v is not None}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SynthesisError(f"Parameter '{pair}' is not KEY=VALUE; write e.g. -p jitter=8.")
-        key, text = (s.strip() for s in pair.split("=", 1))
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise SynthesisError(f"Unknown parameter '{key}' (known: {', '.join(fields)}).")
-        default = fields[key].default
-        try:
-            if isinstance(default, bool):
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(text)
-                value = text.lower() in ("true", "1", "yes")
-            elif isinstance(default, int):
-                value = int(text)
-            elif isinstance(default, str):
-                value = text
-            else:
-                value = number(text)
-        except (ValueError, ZeroDivisionError):
-            kind = {bool: "true or false", int: "an integer", str: "a word"}.get(type(default), "a number")
-            raise SynthesisError(f"Parameter '{key}' cannot be '{text}'; give {kind}.") from None
-        overrides[key] = value
-    return overrides
+    return {**overrides, **coerce_fields(cls, parsed, error=SynthesisError)}
 
 
 def _save(result, out_dir: str, stem: str) -> dict:
@@ -88,7 +54,7 @@ def _save(result, out_dir: str, stem: str) -> dict:
 
 
 def _position(text: str | None):
-    from .common import SynthesisError
+    from ..synthesis import SynthesisError
     if text is None or text in ("centre", "center"):
         return text
     try:
@@ -100,7 +66,7 @@ def _position(text: str | None):
 
 def _channels(text: str | None) -> list[int] | None:
     """'0-15' or '0,3,7' (ranges inclusive) as a list of channels."""
-    from .common import SynthesisError
+    from ..synthesis import SynthesisError
     if not text:
         return None
     chosen: list[int] = []
@@ -122,15 +88,15 @@ def _channels(text: str | None) -> list[int] | None:
 @click.option("--output", default=None, help="Model output for --target (default: the first).")
 @click.option("--lr", default=None, type=number, help="Step size in unit space (default 0.02).")
 @common_options
-def maximize(model, layer, channel, position, target, output, lr, preset, labels, device, steps, seed, param,
+def maximize(model, layer, channel, position, target, output, lr, models, steps, seed, param,
              out_dir):
     """The image that maximises a channel (-l, -c), a neuron (+ --position) or a class score (-t) of MODEL.
 
     Gradient ascent from noise with Yosinski's regularisers; -p sets any MaximizeParams field
     (l2_decay, blur_every, blur_sigma, bilateral_every, jitter, norm_pct, contrib_pct, octaves, ...).
     """
-    from .activation import MaximizeParams, maximize as run
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.activation import MaximizeParams, maximize as run
+    explainer = models.explainer(model)
     overrides = _params(MaximizeParams, param, steps=steps, seed=seed, lr=lr)
     result = run(explainer, layer=layer, channel=channel, position=_position(position), target=target,
                  output=output, **overrides)
@@ -148,10 +114,10 @@ def maximize(model, layer, channel, position, target, output, lr, preset, labels
 @click.option("--columns", default=None, type=int, help="Grid columns (default: square).")
 @click.option("--lr", default=None, type=number, help="Step size in unit space (default 0.02).")
 @common_options
-def grid(model, layer, channels, batch_size, tile, columns, lr, preset, labels, device, steps, seed, param, out_dir):
+def grid(model, layer, channels, batch_size, tile, columns, lr, models, steps, seed, param, out_dir):
     """Many channels of LAYER maximised in one batch (one image per channel), as a labelled grid PNG."""
-    from .activation import MaximizeParams, maximize_grid
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.activation import MaximizeParams, maximize_grid
+    explainer = models.explainer(model)
     overrides = _params(MaximizeParams, param, steps=steps, seed=seed, lr=lr)
     result = maximize_grid(explainer, layer, _channels(channels), batch_size=batch_size, tile=tile,
                            columns=columns, **overrides)
@@ -165,10 +131,10 @@ def grid(model, layer, channels, batch_size, tile, columns, lr, preset, labels, 
 @click.option("--lam", default=None, type=number, help="L2 penalty lambda (default 1e-4).")
 @click.option("--lr", default=None, type=number, help="Step size in unit space (default 0.02).")
 @common_options
-def class_vis(model, target, output, lam, lr, preset, labels, device, steps, seed, param, out_dir):
+def class_vis(model, target, output, lam, lr, models, steps, seed, param, out_dir):
     """Simonyan's class model of MODEL: arg max S_c(I) - lambda ||I||^2 for class TARGET."""
-    from .activation import ClassVisParams, class_vis as run
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.activation import ClassVisParams, class_vis as run
+    explainer = models.explainer(model)
     result = run(explainer, target, output, **_params(ClassVisParams, param, steps=steps, seed=seed, lam=lam, lr=lr))
     _save(result, out_dir, f"class-vis.{result.details['objective']['channel']}")
 
@@ -180,10 +146,10 @@ def class_vis(model, target, output, lam, lr, preset, labels, device, steps, see
 @click.option("--octaves", default=None, type=int, help="Octaves (default 4).")
 @click.option("--lr", default=None, type=number, help="Step size in unit space (default 0.012, ~1.5 pixels).")
 @common_options
-def dream(model, image, layer, octaves, lr, preset, labels, device, steps, seed, param, out_dir):
+def dream(model, image, layer, octaves, lr, models, steps, seed, param, out_dir):
     """DeepDream: amplify what LAYER of MODEL sees in IMAGE (steps are per octave)."""
-    from .deepdream import DreamParams, dream as run
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.deepdream import DreamParams, dream as run
+    explainer = models.explainer(model)
     result = run(explainer, image, layer, **_params(DreamParams, param, steps=steps, seed=seed, octaves=octaves,
                                                     lr=lr))
     _save(result, out_dir, f"dream.{Path(image).stem}")
@@ -196,10 +162,10 @@ def dream(model, image, layer, octaves, lr, preset, labels, device, steps, seed,
 @click.option("--tv-weight", default=None, type=number, help="Total variation weight (default 0.5).")
 @click.option("--lr", default=None, type=number, help="Adam learning rate (default 0.05).")
 @common_options
-def invert(model, image, layer, tv_weight, lr, preset, labels, device, steps, seed, param, out_dir):
+def invert(model, image, layer, tv_weight, lr, models, steps, seed, param, out_dir):
     """Reconstruct IMAGE from its features at LAYER of MODEL (Mahendran & Vedaldi), from noise."""
-    from .inversion import InvertParams, invert as run
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.inversion import InvertParams, invert as run
+    explainer = models.explainer(model)
     result = run(explainer, image, layer, **_params(InvertParams, param, steps=steps, seed=seed, tv_weight=tv_weight,
                                                     lr=lr))
     files = _save(result, out_dir, f"invert.{Path(image).stem}")
@@ -216,10 +182,10 @@ def invert(model, image, layer, tv_weight, lr, preset, labels, device, steps, se
 @click.option("--margin", default=None, type=number, help="Logit margin over the runner-up to stop (default 0).")
 @click.option("--output", default=None, help="Model output (default: the first).")
 @common_options
-def fool(model, image, target, eps, alpha, margin, output, preset, labels, device, steps, seed, param, out_dir):
+def fool(model, image, target, eps, alpha, margin, output, models, steps, seed, param, out_dir):
     """Targeted PGD: nudge IMAGE (at model-input size) until MODEL calls it TARGET, within --eps."""
-    from .adversarial import FoolParams, fool as run
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.adversarial import FoolParams, fool as run
+    explainer = models.explainer(model)
     result = run(explainer, image, target, output, **_params(FoolParams, param, steps=steps, seed=seed, eps=eps,
                                                              alpha=alpha, margin=margin))
     files = _save(result, out_dir, f"fool.{Path(image).stem}.{result.target}")
@@ -238,10 +204,10 @@ def fool(model, image, target, eps, alpha, margin, output, preset, labels, devic
 @click.option("--weight", "-w", "weights", multiple=True, type=number, help="Weight per --layer (default equal).")
 @click.option("--optimizer", default=None, type=click.Choice(["lbfgs", "adam"]), help="Default lbfgs.")
 @common_options
-def texture(model, image, layers, weights, optimizer, preset, labels, device, steps, seed, param, out_dir):
+def texture(model, image, layers, weights, optimizer, models, steps, seed, param, out_dir):
     """A new image with the texture of IMAGE: Gram matrices at LAYERS of MODEL matched from noise (Gatys)."""
-    from .style_transfer import StyleParams, texture as run
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.style_transfer import StyleParams, texture as run
+    explainer = models.explainer(model)
     result = run(explainer, image, list(layers) or None, list(weights) or None,
                  **_params(StyleParams, param, steps=steps, seed=seed, optimizer=optimizer))
     _save(result, out_dir, f"texture.{Path(image).stem}")
@@ -260,10 +226,10 @@ def texture(model, image, layers, weights, optimizer, preset, labels, device, st
 @click.option("--optimizer", default=None, type=click.Choice(["lbfgs", "adam"]), help="Default lbfgs.")
 @common_options
 def style(model, content, style_image, content_layer, style_layers, style_weights, content_weight, style_weight,
-          optimizer, preset, labels, device, steps, seed, param, out_dir):
+          optimizer, models, steps, seed, param, out_dir):
     """CONTENT painted in the style of STYLE through MODEL's layers (Gatys et al.)."""
-    from .style_transfer import StyleParams, style as run
-    explainer = _explainer(model, preset, labels, device)
+    from ..synthesis.style_transfer import StyleParams, style as run
+    explainer = models.explainer(model)
     result = run(explainer, content, style_image, content_layer, list(style_layers) or None,
                  list(style_weights) or None, content_weight, style_weight,
                  **_params(StyleParams, param, steps=steps, seed=seed, optimizer=optimizer))

@@ -1,4 +1,4 @@
-"""`onnxplain features ...`: what layers and filters see, from the command line.
+"""`onnxplain features ...`: what layers and filters see (and `features peaks`: where filters peak).
 
 Heavy imports stay inside the commands. A UserError prints its one sentence and exits 2,
 whether this group runs under `onnxplain` or on its own.
@@ -10,35 +10,12 @@ from pathlib import Path
 
 import click
 
-from ..clikit import Group
+from .common import HELP, OUT_DEFAULT, Group, model_options, out_dir
 
 
 features = Group("features", help="What layers and filters see: activations, dead filters, kernels, "
                                   "top-k patches, receptive fields, embeddings, neighbours, t-SNE maps.",
-                 context_settings={"help_option_names": ["-h", "--help"]})
-
-
-def model_options(func):
-    """--preset, --labels, --device, --batch-size for commands that load a model."""
-    func = click.option("--batch-size", default=32, show_default=True, help="Images per onnxruntime run.")(func)
-    func = click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)(func)
-    func = click.option("--labels", type=click.Path(), default=None, help="Class names, one per line.")(func)
-    func = click.option("--preset", default=None,
-                        help="Preprocessing preset (default: model metadata or imagenet).")(func)
-    return func
-
-
-def _explainer(model: str, preset: str | None, labels: str | None, device: str, batch_size: int):
-    from .. import progress
-    from ..explainer import Explainer
-    return Explainer(model, preprocess=preset, labels=labels, device=device, batch_size=batch_size,
-                     quiet=progress.QUIET)
-
-
-def _out(out_dir: str) -> Path:
-    path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+                 context_settings=HELP)
 
 
 @features.command()
@@ -47,14 +24,14 @@ def _out(out_dir: str) -> Path:
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
 @click.option("--tile", default=64, show_default=True, help="Tile size in pixels.")
 @click.option("--colormap", default="viridis", show_default=True)
-@click.option("--out", "out_dir", default="onnxplain-out", show_default=True, type=click.Path())
-@model_options
-def activations(model, image, layer, tile, colormap, out_dir, preset, labels, device, batch_size):
+@click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
+@model_options(batch_size=32)
+def activations(model, image, layer, tile, colormap, out_path, models):
     """Every channel of LAYER for IMAGE: a labelled grid PNG and per-channel stats (JSON)."""
-    from .activations import activations as run
-    explainer = _explainer(model, preset, labels, device, batch_size)
+    from ..features.activations import activations as run
+    explainer = models.explainer(model)
     result = run(explainer, image, layer)
-    files = result.save(_out(out_dir) / f"{Path(image).stem}.activations", tile, colormap)
+    files = result.save(out_dir(out_path) / f"{Path(image).stem}.activations", tile, colormap)
     click.echo(f"{len(result.stats)} channels of {result.layer} ({result.layout}) -> {files['grid']}, "
                f"{files['stats']}")
 
@@ -66,15 +43,15 @@ def activations(model, image, layer, tile, colormap, out_dir, preset, labels, de
 @click.option("--threshold", default=1e-6, show_default=True, help="Dead when the max activation is <= this.")
 @click.option("--warn", "warn_fraction", default=0.1, show_default=True,
               help="Warn when a post-ReLU layer has more than this fraction dead.")
-@click.option("--out", "out_dir", default="onnxplain-out", show_default=True, type=click.Path())
+@click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-@model_options
-def dead(model, images, layers, threshold, warn_fraction, out_dir, as_json, preset, labels, device, batch_size):
+@model_options(batch_size=32)
+def dead(model, images, layers, threshold, warn_fraction, out_path, as_json, models):
     """Channels that never activate over IMAGES (files or folders), per spatial layer; writes dead.json."""
-    from .dead import dead_filters
-    explainer = _explainer(model, preset, labels, device, batch_size)
+    from ..features.dead import dead_filters
+    explainer = models.explainer(model)
     report = dead_filters(explainer, list(images), list(layers) or None, threshold, warn_fraction)
-    path = _out(out_dir) / "dead.json"
+    path = out_dir(out_path) / "dead.json"
     path.write_text(json.dumps(report.as_dict(), indent=2))
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.text())
     if not as_json:
@@ -87,15 +64,15 @@ def dead(model, images, layers, threshold, warn_fraction, out_dir, as_json, pres
 @click.option("--max-filters", default=64, show_default=True)
 @click.option("--max-inputs", default=16, show_default=True, help="Input channels shown per filter (deeper convs).")
 @click.option("--tile", default=32, show_default=True, help="Tile size in pixels.")
-@click.option("--out", "out_dir", default="onnxplain-out", show_default=True, type=click.Path())
-@model_options
-def filters(model, layer, max_filters, max_inputs, tile, out_dir, preset, labels, device, batch_size):
+@click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
+@model_options(batch_size=32)
+def filters(model, layer, max_filters, max_inputs, tile, out_path, models):
     """Conv kernels as a PNG grid: colour tiles for the first conv, gray per input channel deeper."""
     from .. import render
-    from .filters import filters as run
-    explainer = _explainer(model, preset, labels, device, batch_size)
+    from ..features.filters import filters as run
+    explainer = models.explainer(model)
     grid = run(explainer, layer, max_filters, max_inputs)
-    out = _out(out_dir)
+    out = out_dir(out_path)
     png = render.write_png(out / "filters.png", grid.image(tile))
     (out / "filters.json").write_text(json.dumps(grid.as_dict(), indent=2))
     kind = "colour" if grid.colour else "gray"
@@ -110,14 +87,14 @@ def filters(model, layer, max_filters, max_inputs, tile, out_dir, preset, labels
 @click.option("--k", "k", default=9, show_default=True)
 @click.option("--by", default="max", type=click.Choice(["max", "mean"]), show_default=True)
 @click.option("--keep-gates", is_flag=True, help="Let squeeze-excitation gates widen the field to the image.")
-@click.option("--out", "out_dir", default="onnxplain-out", show_default=True, type=click.Path())
-@model_options
-def top_k(model, images, layer, channel, k, by, keep_gates, out_dir, preset, labels, device, batch_size):
+@click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
+@model_options(batch_size=32)
+def top_k(model, images, layer, channel, k, by, keep_gates, out_path, models):
     """The K images of IMAGES that activate CHANNEL most, and the receptive-field patches at the peak."""
-    from .topk import top_k as run
-    explainer = _explainer(model, preset, labels, device, batch_size)
+    from ..features.topk import top_k as run
+    explainer = models.explainer(model)
     result = run(explainer, list(images), layer, channel, k, by, skip_gates=not keep_gates)
-    files = result.save(_out(out_dir) / f"topk.{channel}")
+    files = result.save(out_dir(out_path) / f"topk.{channel}")
     for hit in result.hits:
         click.echo(f"{hit.score:10.4g}  {hit.image_name}  box {list(hit.original_box)}")
     click.echo(f"-> {files['images']}, {files['patches']}, {files['json']}")
@@ -128,11 +105,11 @@ def top_k(model, images, layer, channel, k, by, keep_gates, out_dir, preset, lab
 @click.option("--layer", "-l", default=None, help="One tensor (default: every spatial layer).")
 @click.option("--keep-gates", is_flag=True, help="Let squeeze-excitation gates widen fields to the image.")
 @click.option("--json", "as_json", is_flag=True)
-@model_options
-def receptive(model, layer, keep_gates, as_json, preset, labels, device, batch_size):
+@model_options(batch_size=32)
+def receptive(model, layer, keep_gates, as_json, models):
     """Receptive field (size, stride, start in input pixels) of LAYER or of every spatial layer."""
-    from .receptive import receptive_fields
-    explainer = _explainer(model, preset, labels, device, batch_size)
+    from ..features.receptive import receptive_fields
+    explainer = models.explainer(model)
     names = [explainer.model.resolve_layer(layer)] if layer else [t.name for t in explainer.model.spatial_layers]
     fields = receptive_fields(explainer.model, skip_gates=not keep_gates)
     entries = [fields[n].as_dict() for n in names if n in fields]
@@ -154,11 +131,11 @@ def receptive(model, layer, keep_gates, as_json, preset, labels, device, batch_s
 @click.option("--output", default=None, help="Model output for the predicted class (default: the first).")
 @click.option("--out", "out_path", default="onnxplain-out/embedding.npy", show_default=True, type=click.Path(),
               help="Vectors go to this .npy, the index of file names beside it as .json.")
-@model_options
-def embed(model, images, layer, output, out_path, preset, labels, device, batch_size):
+@model_options(batch_size=32)
+def embed(model, images, layer, output, out_path, models):
     """One vector per image of IMAGES at LAYER (spatial layers pooled): .npy plus a JSON index."""
-    from .embed import embed as run
-    explainer = _explainer(model, preset, labels, device, batch_size)
+    from ..features.embed import embed as run
+    explainer = models.explainer(model)
     embedding = run(explainer, list(images), layer, output)
     files = embedding.save(out_path)
     click.echo(f"{len(embedding)} x {embedding.vectors.shape[1]} at {embedding.layer} -> {files['vectors']}, "
@@ -172,15 +149,15 @@ def embed(model, images, layer, output, out_path, preset, labels, device, batch_
 @click.option("--k", "k", default=5, show_default=True)
 @click.option("--metric", default="cosine", type=click.Choice(["cosine", "l2"]), show_default=True)
 @click.option("--tile", default=96, show_default=True, help="Tile size in pixels.")
-@click.option("--out", "out_dir", default="onnxplain-out", show_default=True, type=click.Path())
-@model_options
-def neighbours(model, embedding, queries, k, metric, tile, out_dir, preset, labels, device, batch_size):
+@click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
+@model_options(batch_size=32)
+def neighbours(model, embedding, queries, k, metric, tile, out_path, models):
     """The K nearest images in EMBEDDING (.npy from `embed`) for each of QUERIES, as a grid PNG."""
     from .. import render
-    from .embed import Embedding, neighbours as run, neighbours_grid
-    explainer = _explainer(model, preset, labels, device, batch_size)
+    from ..features.embed import Embedding, neighbours as run, neighbours_grid
+    explainer = models.explainer(model)
     results = run(Embedding.load(embedding), list(queries), k, metric, explainer)
-    out = _out(out_dir)
+    out = out_dir(out_path)
     png = render.write_png(out / "neighbours.png", neighbours_grid(results, tile))
     (out / "neighbours.json").write_text(json.dumps({"metric": metric, "queries": [r.as_dict() for r in results]},
                                                     indent=2))
@@ -200,14 +177,14 @@ def neighbours(model, embedding, queries, k, metric, tile, out_dir, preset, labe
               help="t-SNE start: the PCA layout, or a seeded random one.")
 @click.option("--side", default=None, type=int, help="Cells per side of the image map (default: sqrt(N), <= 40).")
 @click.option("--tile", default=64, show_default=True, help="Image-map tile size in pixels.")
-@click.option("--out", "out_dir", default="onnxplain-out", show_default=True, type=click.Path())
-def tsne(embedding, method, seed, perplexity, init, side, tile, out_dir):
+@click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
+def tsne(embedding, method, seed, perplexity, init, side, tile, out_path):
     """A 2-D map of EMBEDDING (.npy from `embed`): scatter by predicted class, and an image grid."""
     from .. import render
-    from .embed import Embedding, image_map, scatter_plot, tsne as run
+    from ..features.embed import Embedding, image_map, scatter_plot, tsne as run
     loaded = Embedding.load(embedding)
     coords = run(loaded, method, seed, perplexity, init)
-    out = _out(out_dir)
+    out = out_dir(out_path)
     scatter = render.write_png(out / f"{method}.png", scatter_plot(coords, loaded.predicted, loaded.labels))
     grid = render.write_png(out / f"{method}-grid.png", image_map(coords, loaded.names, side, tile))
     (out / f"{method}.json").write_text(json.dumps(
@@ -217,6 +194,24 @@ def tsne(embedding, method, seed, perplexity, init, side, tile, out_dir):
     click.echo(f"{len(loaded)} points -> {scatter}, {grid}, {out / (method + '.json')}")
 
 
-from ..interpretable import peaks_command  # noqa: E402  (click/numpy at module level; torch only inside)
-
-features.add_command(peaks_command)
+@features.command("peaks")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
+@click.option("--threshold", default=0.1, show_default=True,
+              help="A filter fires when its mean peak is at least this fraction of the layer's strongest.")
+@click.option("--tile", default=48, show_default=True, help="Tile size in pixels.")
+@click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+@model_options(batch_size=32)
+def peaks(model, images, layer, threshold, tile, out_path, as_json, models):
+    """Where each filter of LAYER peaks over IMAGES (files or folders): a PNG of peak counts per filter,
+    each filter's spread (mean distance of its peaks from their mean / map side) and the mean over firing filters."""
+    from ..features.peaks import peaks as run
+    result = run(models.explainer(model), list(images), layer, threshold)
+    files = result.save(out_dir(out_path) / "peaks", tile)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    click.echo(result.text())
+    click.echo(f"-> {files['grid']}, {files['json']}")

@@ -1,0 +1,119 @@
+"""Pieces shared by every click command of onnxplain: user errors exit 2, the lazy group, the model options.
+
+Only click and the standard library are imported here (and by every module of this package at import
+time), so `onnxplain --help` loads neither onnx, onnxruntime, numpy, torch nor cv2.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+HELP = {"help_option_names": ["-h", "--help"]}
+OUT_DEFAULT = "onnxplain-out"
+
+
+class UserErrorsExit2:
+    """Mixin for click commands and groups: a UserError prints `error: <sentence>` on stderr and exits 2.
+
+    Every group uses it, so a subgroup behaves the same mounted under `onnxplain` or run on its own.
+    """
+
+    def invoke(self, ctx):
+        from ..errors import UserError
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+class Group(UserErrorsExit2, click.Group):
+    """A click group whose user errors exit 2 with one sentence."""
+
+
+class Command(UserErrorsExit2, click.Command):
+    """A click command whose user errors exit 2 with one sentence."""
+
+
+class LazyGroup(Group):
+    """A group whose subcommands are imported on first use from 'module:attribute' strings."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx) -> list[str]:
+        """The lazy commands in the order given (a reading order), then any added directly."""
+        return list(self.lazy) + [name for name in super().list_commands(ctx) if name not in self.lazy]
+
+    def get_command(self, ctx, name: str):
+        if name not in self.commands and name in self.lazy:
+            module, attribute = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+# ---- the model options ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelOptions:
+    """What every command that loads a model takes: preprocessing, labels, device, engine, batch size."""
+    preset: str | None = None
+    labels: str | None = None
+    device: str = "auto"
+    engine: str = "auto"
+    batch_size: int | None = None
+
+    def explainer(self, model: str, quiet: bool | None = None) -> Any:
+        """The Explainer these options describe (progress bars follow `onnxplain --quiet` unless told)."""
+        from .. import progress
+        from ..explainer import Explainer
+        extra = {} if self.batch_size is None else {"batch_size": self.batch_size}
+        return Explainer(model, preprocess=self.preset, labels=self.labels, device=self.device, engine=self.engine,
+                         quiet=progress.QUIET if quiet is None else quiet, **extra)
+
+
+def model_options(engine: bool = False, batch_size: int | None = None) -> Callable:
+    """Decorator: --preset, --labels, --device (and --engine, --batch-size when asked), handed to the
+    command as one `models: ModelOptions` argument."""
+    options = [
+        click.option("--preset", default=None, help="Preprocessing preset (default: model metadata or imagenet)."),
+        click.option("--labels", type=click.Path(), default=None, help="Class names, one per line."),
+        click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True),
+    ]
+    if engine:
+        options.append(click.option(
+            "--engine", default="auto", type=click.Choice(["auto", "ort", "torch"]), show_default=True,
+            help="What runs forward-only methods: onnxruntime, or the torch converter (same results); "
+                 "auto is ort, or torch with --device cuda when only torch can use CUDA."))
+    if batch_size is not None:
+        options.append(click.option("--batch-size", default=batch_size, show_default=True,
+                                    help="Images per onnxruntime run."))
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def command(*args, preset, labels, device, engine="auto", batch_size=None, **kwargs):
+            models = ModelOptions(preset, labels, device, engine, batch_size)
+            return func(*args, models=models, **kwargs)
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def param_option(example: str = "stride=8", metavar: str = "KEY=VALUE", help: str | None = None) -> Callable:
+    """-p/--param KEY=VALUE (repeatable), parsed by onnxplain.params."""
+    return click.option("--param", "-p", "param", multiple=True, metavar=metavar,
+                        help=help or f"Parameter {metavar} (repeatable), e.g. -p {example}; tuples take one "
+                                     "value for all or AxB, lists a,b,c, booleans true/false.")
+
+
+def out_dir(path: str) -> Path:
+    """The output folder, created."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
