@@ -282,3 +282,11 @@ def follow(model: "Model", name: str, ops: set[str] | Sequence[str]) -> str:
         name = nodes[0].output[0]
         nodes = readers(model, name)
     return name
+
+
+def same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """True when two graphs have the same nodes, inputs and outputs (weights may differ)."""
+    def outline(p: onnx.ModelProto) -> tuple:
+        return ([(n.op_type, tuple(n.input), tuple(n.output)) for n in p.graph.node if n.op_type != "Constant"],
+                [i.name for i in p.graph.input], [o.name for o in p.graph.output])
+    return a is b or outline(a) == outline(b)

@@ -99,10 +99,12 @@ class Model:
     """An ONNX model loaded, checked and indexed; never modified after load."""
 
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None,
-                 probe_size: tuple[int, int] | None = None):
+                 probe_size: tuple[int, int] | None = None, like: "Model | None" = None):
         self.proto = proto
         self.path = path
         self.probe_size = probe_size  # (H, W) for the shape probe where the input's dims are symbolic
+        # a model with the same graph (weights may differ) whose tensor index this one reuses
+        self._like = like if like is not None and graph.same_structure(like.proto, proto) else None
         try:
             onnx.checker.check_model(proto, full_check=False)
         except Exception as exc:
@@ -118,6 +120,11 @@ class Model:
         proto, path = read_proto(source)
         load_external_data(proto, path.parent if path else None)
         return cls(proto, path, probe_size)
+
+    def reweighted(self, proto: onnx.ModelProto) -> "Model":
+        """A Model for `proto`, another set of weights for this graph (e.g. randomised): when the graphs match,
+        it reuses this model's tensor index (shapes, layouts), skipping shape inference and the probe run."""
+        return Model(proto, self.path, self.probe_size, like=self)
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -135,12 +142,16 @@ class Model:
     @cached_property
     def inputs(self) -> list[IOInfo]:
         """Graph inputs that are fed at run time (initializers listed as inputs are weights)."""
+        if self._like is not None:
+            return self._like.inputs
         weights = {t.name for t in self.proto.graph.initializer}
         return [IOInfo(v.name, _dtype_name(v.type.tensor_type.elem_type), _dims(v.type) or ())
                 for v in self.proto.graph.input if v.name not in weights]
 
     @cached_property
     def outputs(self) -> list[IOInfo]:
+        if self._like is not None:
+            return self._like.outputs
         return [IOInfo(v.name, _dtype_name(v.type.tensor_type.elem_type), self._output_shape(v))
                 for v in self.proto.graph.output]
 
@@ -180,6 +191,8 @@ class Model:
     @cached_property
     def input_dependent(self) -> set[str]:
         """Tensors whose value depends on a graph input (the rest are constants)."""
+        if self._like is not None:
+            return self._like.input_dependent
         live = {i.name for i in self.inputs}
         for node in self.proto.graph.node:  # ONNX graphs are stored in topological order
             if any(n in live for n in node.input):
@@ -189,6 +202,8 @@ class Model:
     @cached_property
     def tensors(self) -> dict[str, TensorInfo]:
         """Every input-dependent tensor: producing op, dtype, shape (inference + one probe run), layout."""
+        if self._like is not None:
+            return self._like.tensors
         shapes = self._inferred_shapes()
         probe = self._probe_shapes({n for n, s in shapes.items()
                                     if s is None or s[1] is None or not all(isinstance(d, int) for d in s[1][1:])})
