@@ -3,6 +3,10 @@
 The CLI prints the sentence and exits 2; anything that is not a UserError is a
 bug and keeps its traceback.
 """
+from __future__ import annotations
+
+import difflib
+from typing import Sequence
 
 
 class UserError(Exception):
@@ -31,3 +35,10 @@ class MethodError(UserError):
 
 class DeviceError(UserError):
     """A device was asked for that cannot be used here."""
+
+
+def unknown_name_message(name: str, known: Sequence[str]) -> str:
+    """One sentence for a tensor name the model lacks, with the nearest known names."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+    hint = f"nearest: {', '.join(repr(c) for c in close)}" if close else "see `onnxplain inspect` for the list"
+    return f"The model has no tensor named '{name}' ({hint})."

@@ -96,6 +96,16 @@ class Explainer:
         footprint = per_image_bytes((t.dtype, t.shape) for t in self.model.tensors.values())
         self.runtime = self._runtime(self.model.proto, batch_size, footprint)
 
+    def twin(self, proto) -> "Explainer":
+        """An Explainer like this one (preprocessing, labels, device, engine, batch size) for another ModelProto.
+
+        Meant for the same graph with other weights (the randomisation sanity check): such a twin reuses
+        this model's tensor index (Model.reweighted), so it skips shape inference and the probe run.
+        """
+        return Explainer(self.model.reweighted(proto), preprocess=self.preprocess, device=self.device,
+                         labels=self.labels, batch_size=self.runtime.batch_size, quiet=self.quiet,
+                         input_name=self.input.name, input_size=self.model.probe_size, engine=self.engine)
+
     @property
     def torch_device(self) -> str:
         """Where torch runs: gradient methods, and forward-only methods with engine torch."""

@@ -6,19 +6,21 @@ The Model is immutable after load; surgery returns new ModelProto objects.
 """
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper, shape_inference
+from onnx import shape_inference
 
-from .errors import ModelError, TensorNameError
+from . import graph
+from .errors import ModelError, TensorNameError, unknown_name_message
+from .loading import load_external_data, read_proto
+from .probe import probe_shapes
 
 Dim = int | str | None
 # Ops whose output is not a computed layer: constants, shape bookkeeping, weight plumbing.
@@ -93,61 +95,16 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
     return d.dim_param if d.dim_param and d.dim_param != "?" and not d.dim_param.startswith("unk__") else None
 
 
-def _read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
-    """Parse the protobuf without external data; say clearly when it is not an ONNX model."""
-    if isinstance(source, onnx.ModelProto):
-        return source, None
-    if isinstance(source, (bytes, bytearray)):
-        path, data = None, bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ModelError(f"Model file '{path}' does not exist; check the path.")
-        data = path.read_bytes()
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except Exception:
-        raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} is not a valid ONNX "
-                         "model (it could not be parsed; it may be truncated or another format).") from None
-    if not proto.graph.node or not proto.opset_import:
-        raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} holds no ONNX graph; "
-                         "pass an .onnx file exported by a framework.")
-    return proto, path
-
-
-def _load_external_data(proto: onnx.ModelProto, folder: Path | None) -> None:
-    """Read external weights, refusing any location that escapes the model's folder."""
-    tensors = [t for t in external_data_helper._get_all_tensors(proto) if external_data_helper.uses_external_data(t)]
-    if not tensors:
-        return
-    if folder is None:
-        raise ModelError("The model keeps weights in external data files; load it from its path, not from bytes.")
-    root = folder.resolve()
-    for tensor in tensors:
-        location = next(e.value for e in tensor.external_data if e.key == "location")
-        target = (root / location).resolve()
-        if root not in target.parents and target != root:
-            raise ModelError(f"External data location '{location}' points outside the model's folder; "
-                             "refusing to read it (move the data file beside the model).")
-        if not target.is_file():
-            raise ModelError(f"External data file '{location}' is missing beside the model; "
-                             "copy it into the model's folder.")
-    try:
-        external_data_helper.load_external_data_for_model(proto, str(root))
-    except Exception as exc:
-        raise ModelError(f"The model's external data could not be read ({exc}); the data file may be truncated.") \
-            from None
-
-
 class Model:
     """An ONNX model loaded, checked and indexed; never modified after load."""
 
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None,
-                 probe_size: tuple[int, int] | None = None):
+                 probe_size: tuple[int, int] | None = None, like: "Model | None" = None):
         self.proto = proto
         self.path = path
         self.probe_size = probe_size  # (H, W) for the shape probe where the input's dims are symbolic
+        # a model with the same graph (weights may differ) whose tensor index this one reuses
+        self._like = like if like is not None and graph.same_structure(like.proto, proto) else None
         try:
             onnx.checker.check_model(proto, full_check=False)
         except Exception as exc:
@@ -160,9 +117,14 @@ class Model:
         """Load from a path, bytes or a ModelProto; external data is read from the model's folder."""
         if isinstance(source, Model):
             return source
-        proto, path = _read_proto(source)
-        _load_external_data(proto, path.parent if path else None)
+        proto, path = read_proto(source)
+        load_external_data(proto, path.parent if path else None)
         return cls(proto, path, probe_size)
+
+    def reweighted(self, proto: onnx.ModelProto) -> "Model":
+        """A Model for `proto`, another set of weights for this graph (e.g. randomised): when the graphs match,
+        it reuses this model's tensor index (shapes, layouts), skipping shape inference and the probe run."""
+        return Model(proto, self.path, self.probe_size, like=self)
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -180,12 +142,16 @@ class Model:
     @cached_property
     def inputs(self) -> list[IOInfo]:
         """Graph inputs that are fed at run time (initializers listed as inputs are weights)."""
+        if self._like is not None:
+            return self._like.inputs
         weights = {t.name for t in self.proto.graph.initializer}
         return [IOInfo(v.name, _dtype_name(v.type.tensor_type.elem_type), _dims(v.type) or ())
                 for v in self.proto.graph.input if v.name not in weights]
 
     @cached_property
     def outputs(self) -> list[IOInfo]:
+        if self._like is not None:
+            return self._like.outputs
         return [IOInfo(v.name, _dtype_name(v.type.tensor_type.elem_type), self._output_shape(v))
                 for v in self.proto.graph.output]
 
@@ -201,15 +167,12 @@ class Model:
     @cached_property
     def weights(self) -> dict[str, np.ndarray]:
         """Every weight by name: initializers, Constant tensors, and Identity nodes forwarding a weight."""
-        found = {t.name: numpy_helper.to_array(t) for t in self.proto.graph.initializer}
-        for node in self.proto.graph.node:
-            if node.op_type == "Constant":
-                attr = next((a for a in node.attribute if a.name == "value"), None)
-                if attr is not None and attr.t.dims:  # skip scalars: those are shape bookkeeping
-                    found[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif node.op_type == "Identity" and node.input[0] in found:
-                found[node.output[0]] = found[node.input[0]]
-        return found
+        return graph.weight_values(self.proto.graph)
+
+    @cached_property
+    def folded(self) -> dict[str, np.ndarray | None]:
+        """Constants folded so far by graph.constant, kept for this model's lifetime."""
+        return {}
 
     @cached_property
     def weight_bytes(self) -> int:
@@ -219,20 +182,17 @@ class Model:
     # ---- tensor index ---------------------------------------------------------------------
     @cached_property
     def producers(self) -> dict[str, onnx.NodeProto]:
-        return {out: node for node in self.proto.graph.node for out in node.output if out}
+        return graph.producers(self.proto.graph)
 
     @cached_property
     def consumers(self) -> dict[str, list[onnx.NodeProto]]:
-        found: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.proto.graph.node:
-            for name in set(node.input):
-                if name:
-                    found.setdefault(name, []).append(node)
-        return found
+        return graph.consumers(self.proto.graph)
 
     @cached_property
     def input_dependent(self) -> set[str]:
         """Tensors whose value depends on a graph input (the rest are constants)."""
+        if self._like is not None:
+            return self._like.input_dependent
         live = {i.name for i in self.inputs}
         for node in self.proto.graph.node:  # ONNX graphs are stored in topological order
             if any(n in live for n in node.input):
@@ -242,6 +202,8 @@ class Model:
     @cached_property
     def tensors(self) -> dict[str, TensorInfo]:
         """Every input-dependent tensor: producing op, dtype, shape (inference + one probe run), layout."""
+        if self._like is not None:
+            return self._like.tensors
         shapes = self._inferred_shapes()
         probe = self._probe_shapes({n for n, s in shapes.items()
                                     if s is None or s[1] is None or not all(isinstance(d, int) for d in s[1][1:])})
@@ -284,21 +246,7 @@ class Model:
 
     def _probe_shapes(self, unknown: set[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Shapes that inference left open, from one run on a dummy input of the real size."""
-        unknown &= self.input_dependent
-        if not unknown:
-            return {}
-        from .surgery import expose  # local: surgery imports this module
-        import onnxruntime as ort
-        names = [n for n in unknown if n not in {o.name for o in self.proto.graph.output}]
-        try:
-            session = ort.InferenceSession(expose(self.proto, names).SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
-            feeds = {i.name: _dummy(i, self.probe_size or (224, 224)) for i in session.get_inputs()}
-            outs = [o.name for o in session.get_outputs()]
-            values = session.run(outs, feeds)
-        except Exception:
-            return {}
-        return {n: (v.dtype.name, tuple(v.shape)) for n, v in zip(outs, values) if n in unknown}
+        return probe_shapes(self.proto, unknown & self.input_dependent, self.probe_size or (224, 224))
 
     # ---- layers ---------------------------------------------------------------------------
     @cached_property
@@ -332,16 +280,7 @@ class Model:
 
     def ancestors(self, name: str) -> set[str]:
         """Every tensor the given tensor depends on, itself included."""
-        seen, stack = set(), [name]
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            node = self.producers.get(current)
-            if node is not None:
-                stack.extend(i for i in node.input if i)
-        return seen
+        return graph.ancestors(self, name)
 
     def resolve_layer(self, name: str | None, output: str | None = None) -> str:
         """A tensor name from a user's layer argument: 'auto'/'last-conv' aliases or an exact name."""
@@ -371,29 +310,8 @@ class Model:
         return info
 
 
-def unknown_name_message(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
-    hint = f"nearest: {', '.join(repr(c) for c in close)}" if close else "see `onnxplain inspect` for the list"
-    return f"The model has no tensor named '{name}' ({hint})."
-
-
 def _fmt_shape(shape: tuple[Dim, ...] | None) -> str:
     return "?" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _dummy(node_arg, size: tuple[int, int]) -> np.ndarray:
-    """Zeros of the input's shape: unknown batch 1, unknown spatial dims from `size`."""
-    shape = list(node_arg.shape)
-    dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
-    if len(dims) == 4:
-        nhwc = shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
-        for axis, value in zip((1, 2) if nhwc else (2, 3), size):
-            if not (isinstance(shape[axis], int) and shape[axis] > 0):
-                dims[axis] = value
-    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}.get(node_arg.type,
-                                                                                                 np.float32)
-    return np.zeros(dims, dtype)
 
 
 def _merge_dims(inferred: tuple[Dim, ...] | None, probed: tuple[int, ...], batch: Dim) -> tuple[Dim, ...]:
@@ -425,7 +343,7 @@ def _propagate_layout(node: onnx.NodeProto, shape: tuple[Dim, ...] | None, layou
         return "NCHW"
     source = next((layouts.get(i) for i in node.input if layouts.get(i) in ("NCHW", "NHWC")), None)
     if node.op_type == "Transpose":
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [0, 3, 2, 1])
+        perm = graph.attr_ints(node, "perm", [0, 3, 2, 1])
         if source == "NCHW" and perm == [0, 2, 3, 1]:
             return "NHWC"
         if source == "NHWC" and perm == [0, 3, 1, 2]:

@@ -1,4 +1,4 @@
-"""Shared by the feature jobs: image folders read in chunks, layer values as (N, C, h, w), tiles, constants.
+"""Shared by the feature jobs: image folders read in chunks, layer values as (N, C, h, w), tiles.
 
 Folders are decoded and prepared one runtime batch at a time, so a job over a big
 folder never holds more than one batch of images in memory.
@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import cv2
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import ImageError, UserError
 from ..images import ImageSource, decode
@@ -24,7 +21,7 @@ from ..progress import progress
 if TYPE_CHECKING:
     from ..explainer import Explainer
     from ..images import Prepared
-    from ..model import Model, TensorInfo
+    from ..model import TensorInfo
 
 SCHEMA_VERSION = 1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -132,52 +129,3 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2 or image.shape[2] == 1:
         return np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
     return image[:, :, :3]
-
-
-def constant(model: "Model", name: str) -> np.ndarray | None:
-    """The value of a constant tensor (initializer, Constant node of any kind, Identity/Cast of one), else None."""
-    if not name:
-        return None
-    if name in model.weights:
-        return model.weights[name]
-    node = model.producers.get(name)
-    if node is None:
-        return None
-    if node.op_type == "Constant" and node.attribute:
-        value = helper.get_attribute_value(node.attribute[0])
-        return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
-    if node.op_type in ("Identity", "Cast") and node.input[0] in model.weights:
-        return model.weights[node.input[0]]
-    if name in model.input_dependent:
-        return None
-    folded = _FOLDED.setdefault(model, {})
-    if name not in folded:
-        folded[name] = _fold(model, name)
-    return folded[name]
-
-
-_FOLDED: "weakref.WeakKeyDictionary[Model, dict[str, np.ndarray | None]]" = weakref.WeakKeyDictionary()
-
-
-def _fold(model: "Model", name: str) -> np.ndarray | None:
-    """Evaluate a tensor that depends on no input (exporters leave pads and scales as small op chains)."""
-    from onnx.reference import ReferenceEvaluator
-    needed = model.ancestors(name)
-    graph = model.proto.graph
-    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
-    weights = [t for t in graph.initializer if t.name in needed]
-    sub = helper.make_graph(nodes, "fold", [], [helper.make_empty_tensor_value_info(name)], weights)
-    proto = helper.make_model(sub, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
-    try:
-        return np.asarray(ReferenceEvaluator(proto).run(None, {})[0])
-    except Exception:  # an op the reference evaluator lacks: the caller treats the value as unknown
-        return None
-
-
-def attribute(node: onnx.NodeProto, name: str, default=None):
-    """A node attribute's value (bytes decoded to str), or `default`."""
-    for attr in node.attribute:
-        if attr.name == name:
-            value = helper.get_attribute_value(attr)
-            return value.decode() if isinstance(value, bytes) else value
-    return default

@@ -13,40 +13,14 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..images import ImageSource
-from .common import SCHEMA_VERSION, as_maps, chunk_size, chunks, constant, list_images
+from ..graph import relu_source
+from .common import SCHEMA_VERSION, as_maps, chunk_size, chunks, list_images
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
-    from ..model import Model
 
-# Ops that keep a non-negative input non-negative (and zero channels zero).
-SIGN_KEEPING = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample", "Identity",
-                "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Dropout", "DepthToSpace",
-                "SpaceToDepth", "Slice", "Split", "Pad"}
 LEARNING_RATE_NOTE = ("a high fraction of dead ReLU filters is a known symptom of a too-high learning rate "
                       "(or of a bad initialisation); such channels pass nothing on and get no gradient")
-
-
-def relu_source(model: "Model", name: str) -> str | None:
-    """The ReLU-like op a tensor comes from ('Relu', 'Clip'), directly or through sign-keeping ops; else None."""
-    node = model.producers.get(name)
-    if node is None:
-        return None
-    if node.op_type == "Relu":
-        return "Relu"
-    if node.op_type == "Clip":
-        low = constant(model, node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        low = float(np.asarray(low).min()) if low is not None else _clip_min_attribute(node)
-        return "Clip" if low is not None and low >= 0 else None
-    if node.op_type in SIGN_KEEPING:
-        sources = [relu_source(model, i) for i in node.input if i in model.input_dependent]
-        return sources[0] if sources and None not in sources else None
-    return None
-
-
-def _clip_min_attribute(node) -> float | None:
-    """Clip before opset 11 kept `min` as an attribute."""
-    return next((a.f for a in node.attribute if a.name == "min"), None)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import render
 from ..errors import TensorNameError
-from .common import attribute, constant
+from ..graph import attr, constant
 
 if TYPE_CHECKING:
     import onnx
@@ -91,7 +91,7 @@ def filters(explainer: "Explainer", layer: str | None = None, max_filters: int =
     weight = weight.astype(np.float32)
     if node.op_type == "ConvTranspose":
         weight = weight.transpose(1, 0, 2, 3)  # (in, out/group, kh, kw) -> filters first
-    group = int(attribute(node, "group", 1))
+    group = int(attr(node, "group", 1))
     colour = is_first_conv(model, node) and weight.shape[1] == 3 and group == 1
     shown = weight[:max_filters]
     scale = np.abs(shown).reshape(len(shown), -1).max(axis=1)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import render
+from .. import graph, render
 from ..errors import TargetError, UserError
 from ..images import ImageSource, PixelMap, Prepared, Preprocess, denormalise, normalise, to_channels, value_range
 from ..methods import torch_common
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ..model import TensorInfo
 
 SCHEMA_VERSION = 1
-SOFTMAX_OPS = {"Softmax", "LogSoftmax"}
 ACTIVATION_OPS = {"Relu", "Clip", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "PRelu",
                   "Gelu", "Mish", "Softplus", "Tanh"}
 
@@ -229,11 +228,7 @@ def layer_maps(value: torch.Tensor, info: "TensorInfo | None") -> torch.Tensor:
 
 def class_logits(explainer: "Explainer", output: str | None = None) -> str:
     """The tensor holding class scores before softmax: the output, or the input of a final Softmax."""
-    name = explainer.output_name(output)
-    node = explainer.model.producers.get(name)
-    if node is not None and node.op_type in SOFTMAX_OPS:
-        return node.input[0]
-    return name
+    return graph.class_logits(explainer.model, explainer.output_name(output))
 
 
 def class_count(explainer: "Explainer", tensor: str) -> int | None:

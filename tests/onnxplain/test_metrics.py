@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import onnx.parser
+import onnx.version_converter
 import pytest
 
 import helpers
@@ -20,7 +21,7 @@ from onnxplain import metrics
 from onnxplain.errors import UserError
 from onnxplain.methods import REGISTRY, list_methods, register
 from onnxplain.methods.base import Method, RawMaps
-from onnxplain.surgery import randomise
+from onnxplain.surgery import randomise, restrict_outputs
 
 MEAN_NET = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -178,11 +179,11 @@ def test_drift_of_a_model_against_itself_is_zero(region, region_model, method):
 def test_drift_against_a_randomised_layer_is_lower(region):
     images = helpers.random_images(3, seed=6)
     layers = metrics.weight_layers(region.model)
-    conv1 = metrics.twin(region, randomise(region.model.proto, layers[0].weights, seed=1))
+    conv1 = region.twin(randomise(region.model.proto, layers[0].weights, seed=1))
     maps = metrics.drift(region, conv1, images, ["eigen-cam"], layer=first_relu(region))
     assert maps.spearman("eigen-cam") < 0.9
     # seed 0 redraws the classifier so that RegionNet's top-1 (class 2 for noise images) becomes class 0
-    head = metrics.twin(region, randomise(region.model.proto, layers[-1].weights, seed=0))
+    head = region.twin(randomise(region.model.proto, layers[-1].weights, seed=0))
     classes = metrics.drift(region, head, images, ["eigen-cam"], layer=first_relu(region))
     assert classes.top1_agreement == 0.0
     assert classes.spearman("eigen-cam") == pytest.approx(1.0, abs=1e-9)  # eigen-cam ignores the classifier
@@ -197,8 +198,13 @@ def test_twin_keeps_engine_device_and_batch_size(region_model):
     original = onnxplain.Explainer(region_model, preprocess="raw01", device="cpu", quiet=True, engine="torch",
                                    batch_size=7)
     layers = metrics.weight_layers(original.model)
-    copy = metrics.twin(original, randomise(original.model.proto, layers[0].weights, seed=1))
+    copy = original.twin(randomise(original.model.proto, layers[0].weights, seed=1))
     assert (copy.engine, copy.device, copy.runtime.batch_size) == ("torch", "cpu", 7)
+    assert copy.model.tensors is original.model.tensors  # same graph: the index is reused, not recomputed
+    other = original.twin(restrict_outputs(original.model.proto, [original.model.outputs[0].name]))  # same graph
+    assert other.model.tensors is original.model.tensors
+    other = original.twin(onnx.version_converter.convert_version(original.model.proto, 18))  # another graph
+    assert other.model.tensors is not original.model.tensors and other.model.tensors == original.model.tensors
     images = helpers.random_images(1, seed=3)
     [a], [b] = (e.explain(images, method="eigen-cam", target=0) for e in (original, copy))
     assert not np.allclose(a.raw, b.raw)

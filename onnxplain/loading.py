@@ -1,0 +1,57 @@
+"""Reading an ONNX file safely: parse errors as one sentence, external data only from the model's folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from .errors import ModelError
+
+
+def read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    """Parse the protobuf without external data; say clearly when it is not an ONNX model."""
+    if isinstance(source, onnx.ModelProto):
+        return source, None
+    if isinstance(source, (bytes, bytearray)):
+        path, data = None, bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"Model file '{path}' does not exist; check the path.")
+        data = path.read_bytes()
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception:
+        raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} is not a valid ONNX "
+                         "model (it could not be parsed; it may be truncated or another format).") from None
+    if not proto.graph.node or not proto.opset_import:
+        raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} holds no ONNX graph; "
+                         "pass an .onnx file exported by a framework.")
+    return proto, path
+
+
+def load_external_data(proto: onnx.ModelProto, folder: Path | None) -> None:
+    """Read external weights, refusing any location that escapes the model's folder."""
+    tensors = [t for t in external_data_helper._get_all_tensors(proto) if external_data_helper.uses_external_data(t)]
+    if not tensors:
+        return
+    if folder is None:
+        raise ModelError("The model keeps weights in external data files; load it from its path, not from bytes.")
+    root = folder.resolve()
+    for tensor in tensors:
+        location = next(e.value for e in tensor.external_data if e.key == "location")
+        target = (root / location).resolve()
+        if root not in target.parents and target != root:
+            raise ModelError(f"External data location '{location}' points outside the model's folder; "
+                             "refusing to read it (move the data file beside the model).")
+        if not target.is_file():
+            raise ModelError(f"External data file '{location}' is missing beside the model; "
+                             "copy it into the model's folder.")
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(root))
+    except Exception as exc:
+        raise ModelError(f"The model's external data could not be read ({exc}); the data file may be truncated.") \
+            from None
