@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import ImageError, UserError
 from ..images import ImageSource, decode
-from ..methods.layers import channels_first
+from ..methods.layout import channels_first_np as channels_first
 from ..progress import progress
 
 if TYPE_CHECKING:
