@@ -21,28 +21,24 @@ if TYPE_CHECKING:
 # ---- layer tensors (by TensorInfo) ------------------------------------------------------------------
 def channels_first_np(value: np.ndarray, info: "TensorInfo") -> np.ndarray:
     """A spatial layer tensor as (N, C, h, w): NHWC transposed, token tensors reshaped to their grid (class token
-    dropped)."""
-    if info.layout == "NCHW":
-        return value
-    if info.layout == "NHWC":
-        return value.transpose(0, 3, 1, 2)
-    if info.layout == "tokens":
-        h, w = info.grid
-        tokens = value[:, -h * w:, :]
-        return tokens.transpose(0, 2, 1).reshape(len(value), -1, h, w)
-    raise _not_spatial(info)
+    dropped); a view where the layout allows."""
+    return _channels_first(value, info, lambda v, axes: v.transpose(axes))
 
 
 def channels_first_torch(value: "torch.Tensor", info: "TensorInfo") -> "torch.Tensor":
-    """`channels_first_np` for a torch tensor (a view where the layout allows, so gradients flow through)."""
+    """`channels_first_np` for a torch tensor (gradients flow through)."""
+    return _channels_first(value, info, lambda v, axes: v.permute(axes))
+
+
+def _channels_first(value, info: "TensorInfo", permute):
     if info.layout == "NCHW":
         return value
     if info.layout == "NHWC":
-        return value.permute(0, 3, 1, 2)
+        return permute(value, (0, 3, 1, 2))
     if info.layout == "tokens":
         h, w = info.grid
         tokens = value[:, value.shape[1] - h * w:, :]
-        return tokens.transpose(1, 2).reshape(len(value), -1, h, w)
+        return permute(tokens, (0, 2, 1)).reshape(len(value), -1, h, w)
     raise _not_spatial(info)
 
 
