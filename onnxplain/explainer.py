@@ -18,6 +18,7 @@ from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, prese
 from .methods.base import Attribution, Method
 from .model import Model
 from .memory import per_image_bytes
+from .numeric import softmax
 from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
 from .surgery import Split, split
 from .targets import BoxLayout, Context, Target, resolve
@@ -206,7 +207,7 @@ class Explainer:
         scores = self.forward(batch)[output].reshape(len(batch), -1)
         results = []
         for name, row in zip(batch.names, scores):
-            probs = _softmax(row)
+            probs = softmax(row)
             order = np.argsort(-row)[:top]
             results.append(Prediction(name, output, [(int(i), self.label(int(i)), float(row[i]), float(probs[i]))
                                                      for i in order]))
@@ -274,7 +275,3 @@ class Explainer:
                            scores=batch.cache[output][i], image=batch.originals[i],
                            image_name=batch.names[i], extras=extras)
 
-
-def _softmax(row: np.ndarray) -> np.ndarray:
-    e = np.exp(row - row.max())
-    return e / e.sum()

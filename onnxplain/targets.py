@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import TargetError
+from .numeric import softmax
 
 Outputs = Mapping[str, Any]
 
@@ -157,8 +158,7 @@ class CallableTarget(Target):
 
 def _softmax(x):
     if isinstance(x, np.ndarray):
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(x, axis=1)
     return x.softmax(dim=1)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ImageError, UserError
 from ..images import ImageSource, decode
-from ..methods.layers import channels_first
+from ..methods.layout import channels_first_np as channels_first
 from ..progress import progress
 
 if TYPE_CHECKING:

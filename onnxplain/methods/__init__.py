@@ -21,7 +21,7 @@ def register(cls: type[Method]) -> type[Method]:
 def _load_all() -> None:
     """Import every module of this package once: each registers its methods."""
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in ("base", "layers"):
+        if info.name not in ("base",):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

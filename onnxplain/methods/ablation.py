@@ -8,7 +8,7 @@ import numpy as np
 
 from . import register
 from .base import Method, RawMaps
-from .cam import layer_activations, tail_scores
+from .perturb import layer_activations, tail_scores
 
 EPS = 1e-12  # keeps (y - y_k) / y finite when the target score is exactly zero
 
@@ -30,10 +30,10 @@ class AblationCAM(Method):
     class Params:
         relu: bool = True  # keep only positive evidence (False returns the signed weighted sum)
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        raw, info, acts = layer_activations(explainer, batch, layer)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        raw, info, acts = layer_activations(context, batch, layer)
         axis = 1 if info.layout == "NCHW" else raw.ndim - 1  # channel axis in the tensor's own layout
-        full = explainer.forward(batch)
+        full = context.forward(batch)
         maps, extras = [], []
         for i, target in enumerate(targets):
             y = float(np.asarray(target.score({k: v[i:i + 1] for k, v in full.items()}))[0])
@@ -48,7 +48,7 @@ class AblationCAM(Method):
                 return variants
 
             ablated = np.full(len(acts[i]), y)
-            ablated[live] = tail_scores(explainer, batch, i, layer, target, len(live), make,
+            ablated[live] = tail_scores(context, batch, i, layer, target, len(live), make,
                                         desc=f"ablation-cam {i + 1}/{len(targets)}")
             denominator = y if abs(y) > EPS else (EPS if y >= 0 else -EPS)
             weights = (y - ablated) / denominator

@@ -5,9 +5,10 @@ files or writes output. The Explainer turns its raw maps into Attributions.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -15,9 +16,51 @@ from ..errors import MethodError
 from ..params import coerce_fields
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
     from ..images import Prepared
+    from ..model import Model
+    from ..surgery import Split
     from ..targets import Target
+
+
+class MethodRuntime(Protocol):
+    """What a method may use of a runtime (the model's or a tail's): its batching and a batched run."""
+    batch_size: int
+    fixed_batch: int | None
+    output_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: Sequence[str] | None = None,
+            desc: str | None = None) -> dict[str, np.ndarray]: ...
+
+
+class MethodContext(Protocol):
+    """Everything a method may call on the Explainer that runs it (the Explainer passes itself).
+
+    A method needs nothing else: new needs are added here first, so what methods depend on stays visible.
+    """
+    model: "Model"             # the loaded model: tensors, layer resolution, spatial infos
+    runtime: MethodRuntime     # the whole model's runtime on the explainer's engine
+    quiet: bool                # no progress bars
+
+    def forward(self, batch: "Prepared", outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Model outputs plus the named tensors of the batch, computed once per batch."""
+
+    def run(self, x: np.ndarray, outputs: Sequence[str] | None = None, desc: str | None = None
+            ) -> dict[str, np.ndarray]:
+        """Arbitrary inputs (perturbed copies) through the model, batched."""
+
+    def tail(self, layer: str) -> tuple["Split", MethodRuntime]:
+        """The model cut at `layer` and a runtime for its tail."""
+
+    def label(self, index: int) -> str:
+        """A class index's name ('' when unknown)."""
+
+    @property
+    def module(self) -> Any:
+        """The torch module converted from the model, on `torch_device` (gradient methods)."""
+
+    @property
+    def torch_device(self) -> str:
+        """Where torch tensors of gradient methods live."""
 
 
 @dataclass
@@ -37,8 +80,8 @@ class NoParams:
     """A method without parameters."""
 
 
-class Method:
-    """Base of every explanation method; subclasses set the class attributes and `explain`."""
+class Method(abc.ABC):
+    """Base of every explanation method; subclasses set the class attributes and implement `explain`."""
     name: ClassVar[str]
     engine: ClassVar[str]            # "ort" or "torch"
     summary: ClassVar[str] = ""
@@ -58,10 +101,10 @@ class Method:
             raise MethodError(f"Method '{cls.name}' has no parameter '{unknown[0]}' (its parameters: {known}).")
         return cls.Params(**coerce_fields(cls.Params, given, f"method '{cls.name}'", MethodError))
 
-    def explain(self, explainer: "Explainer", batch: "Prepared", targets: Sequence["Target"],
+    @abc.abstractmethod
+    def explain(self, context: MethodContext, batch: "Prepared", targets: Sequence["Target"],
                 layer: str | None = None) -> RawMaps:
         """Maps for each image of the batch and its target."""
-        raise MethodError(f"Method '{self.name}' does not implement explain().")
 
 
 @dataclass(frozen=True)

@@ -1,100 +1,22 @@
-"""CAM (Zhou et al., 2016): class weights of a global-pooling + linear head applied to the pooled layer.
-
-Also holds the helpers the forward-only CAM family shares: the layer's activations
-in (N, C, h, w), perturbed variants run in memory-bounded chunks, and the tail of
-the model run on edited activations of one image.
-"""
+"""CAM (Zhou et al., 2016): class weights of a global-pooling + linear head applied to the pooled layer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from ..errors import MethodError
-from ..progress import progress
-from ..targets import ClassTarget, Target
+from ..targets import ClassTarget
 from . import register
 from .base import Method, RawMaps
-from .layers import channels_first
+from .perturb import layer_activations
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
-    from ..images import Prepared
     from ..model import Model, TensorInfo
 
-CHUNK_BYTES = 1 << 27  # perturbed copies are built at most this many bytes at a time
 
-
-# ---- helpers shared by the forward-only CAM family ---------------------------------------------
-def layer_activations(explainer: "Explainer", batch: "Prepared", layer: str
-                      ) -> tuple[np.ndarray, "TensorInfo", np.ndarray]:
-    """(raw value in the tensor's layout, its TensorInfo, the same as (N, C, h, w)), from the cached forward."""
-    info = explainer.model.spatial_info(layer)
-    raw = explainer.forward(batch, [layer])[layer]
-    return raw, info, channels_first(raw, info)
-
-
-def chunks(count: int, row_bytes: int, batch_size: int) -> list[slice]:
-    """Slices over `count` rows: one runtime batch each (so a reused input buffer stays small and warm), fewer
-    rows where a batch would hold more than CHUNK_BYTES."""
-    rows = max(1, min(batch_size, CHUNK_BYTES // max(int(row_bytes), 1)))
-    return [slice(start, min(start + rows, count)) for start in range(0, count, rows)]
-
-
-def input_scores(explainer: "Explainer", target: Target, count: int, row_bytes: int,
-                 make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
-    """Target scores of `count` perturbed inputs built chunk by chunk by `make(rows)` and run through the model."""
-    slices = chunks(count, row_bytes, explainer.runtime.batch_size)
-    scores = [np.asarray(target.score(explainer.run(make(rows))), np.float64)
-              for rows in progress(slices, desc=desc, quiet=explainer.quiet or len(slices) < 4, unit="batch")]
-    return np.concatenate(scores) if scores else np.zeros(0)
-
-
-def tail_scores(explainer: "Explainer", batch: "Prepared", index: int, layer: str, target: Target, count: int,
-                make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
-    """Target scores of `count` edited layer values of image `index` (built by `make(rows)`, in the tensor's own
-    layout), run through the model's tail only; tensors crossing the cut are fed unchanged."""
-    cut, runtime = explainer.tail(layer)
-    graph_inputs = {i.name for i in explainer.model.inputs}
-    crossing = {name: batch.x if name in graph_inputs else explainer.forward(batch, [name])[name]
-                for name in cut.crossing}
-    row = explainer.forward(batch, [layer])[layer][index]
-    scores = []
-    slices = chunks(count, row.nbytes, runtime.batch_size)
-    for rows in progress(slices, desc=desc, quiet=explainer.quiet or len(slices) < 4, unit="batch"):
-        variants = make(rows)
-        feeds = {cut.at: variants}
-        for name, value in crossing.items():
-            feeds[name] = np.broadcast_to(value[index:index + 1], (len(variants),) + value.shape[1:])
-        scores.append(np.asarray(target.score(runtime.run(feeds)), np.float64))
-    return np.concatenate(scores) if scores else np.zeros(0)
-
-
-def optional_count(method: str, name: str, value) -> int | None:
-    """A positive int or None from a parameter that may arrive as a CLI string."""
-    if value is None or value in ("", "none", "None", "all"):
-        return None
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        count = 0
-    if count < 1:
-        raise MethodError(f"Parameter '{name}' of method '{method}' must be a positive whole number or None, "
-                          f"not {value!r}.")
-    return count
-
-
-def choose(method: str, name: str, value: str, allowed: Sequence[str]) -> str:
-    """`value` when it is one of `allowed`, else a MethodError naming the choices."""
-    if value not in allowed:
-        raise MethodError(f"Parameter '{name}' of method '{method}' must be one of {', '.join(allowed)}, "
-                          f"not {value!r}.")
-    return value
-
-
-# ---- CAM -------------------------------------------------------------------------------------------
 PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 AFTER_LOGITS = PASS_THROUGH | {"Softmax", "LogSoftmax", "Sigmoid"}
 SIDE_BRANCH = {"Shape", "Size"}  # legacy exports compute Reshape targets from the pooled tensor's shape
@@ -237,9 +159,9 @@ class CAM(Method):
     class Params:
         relu: bool = True  # keep only positive evidence (False returns the signed weighted sum)
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        head = find_head(explainer.model, layer)
-        _, _, acts = layer_activations(explainer, batch, layer)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        head = find_head(context.model, layer)
+        _, _, acts = layer_activations(context, batch, layer)
         maps, extras = [], []
         for i, target in enumerate(targets):
             if not isinstance(target, ClassTarget) or target.output not in head.outputs:

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import register
 from .base import Method, RawMaps
-from .cam import layer_activations
+from .perturb import layer_activations
 
 
 @register
@@ -26,8 +26,8 @@ class EigenCAM(Method):
     class Params:
         relu: bool = True  # keep the positive side only, as pytorch-grad-cam does (False: signed projection)
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        _, _, acts = layer_activations(explainer, batch, layer)  # (N, C, h, w)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        _, _, acts = layer_activations(context, batch, layer)  # (N, C, h, w)
         maps = first_component(acts)
         return RawMaps(np.maximum(maps, 0) if self.params.relu else maps)
 

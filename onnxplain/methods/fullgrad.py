@@ -23,7 +23,9 @@ import torch
 
 from . import register
 from .base import Method, NoParams, RawMaps
-from .torch_common import batches, channels_first, gradients, minmax, numpy_maps, to_tensor, upsample
+from .layout import input_to_nchw_torch
+from .perturb import batches
+from .torch_common import gradients, minmax, numpy_maps, to_tensor, upsample
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -69,15 +71,15 @@ class FullGrad(Method):
     summary = "FullGrad: |input x grad| plus |bias x grad| of every conv, each scaled, upsampled and summed"
     Params = NoParams
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        biases = bias_layers(explainer.model)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        biases = bias_layers(context.model)
         taps = [b.tensor for b in biases]
         hw = batch.hw
         maps = []
-        for rows in batches(len(batch), explainer.runtime.batch_size):
-            x = to_tensor(explainer, batch.x[rows])
-            result = gradients(explainer, x, targets[rows], taps=taps)
-            inputs = channels_first((x * result.input).abs(), batch.spec.layout)
+        for rows in batches(len(batch), context.runtime.batch_size):
+            x = to_tensor(context, batch.x[rows])
+            result = gradients(context, x, targets[rows], taps=taps)
+            inputs = input_to_nchw_torch((x * result.input).abs(), batch.spec.layout)
             total = minmax(inputs).sum(1)
             for bias in biases:
                 grad = result.taps[bias.tensor]

@@ -18,28 +18,30 @@ from ..errors import MethodError
 from . import register
 from .base import Method, RawMaps
 from .gradient import input_gradients
-from .torch_common import (batches, chw_shape, forward, gaussian_noise, gradients, layer_info, minmax, numpy_maps,
-                           reduce_channels, spatial, to_tensor, upsample)
+from .layout import channels_first_torch, chw_shape
+from .noise import gaussian_noise, noise_std, noise_tunnel
+from .perturb import batches
+from .torch_common import forward, gradients, layer_info, minmax, numpy_maps, reduce_channels, to_tensor, upsample
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
     from ..images import Prepared
     from ..targets import Target
+    from .base import MethodContext
 
 EPS_PLUSPLUS = 1e-6   # pytorch-grad-cam's Grad-CAM++ denominator epsilon
 EPS_XGRAD = 1e-7      # pytorch-grad-cam's XGrad-CAM denominator epsilon
 
 
-def layer_gradients(explainer: "Explainer", batch: "Prepared", targets: Sequence["Target"], layer: str
+def layer_gradients(context: "MethodContext", batch: "Prepared", targets: Sequence["Target"], layer: str
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(activations, gradients) of the layer as (N, C, h, w), in chunks of the explainer's batch size."""
-    info = layer_info(explainer, layer)
+    """(activations, gradients) of the layer as (N, C, h, w), in chunks of the context's batch size."""
+    info = layer_info(context, layer)
     acts, grads = [], []
-    for rows in batches(len(batch), explainer.runtime.batch_size):
-        result = gradients(explainer, to_tensor(explainer, batch.x[rows]), targets[rows], taps=[layer],
+    for rows in batches(len(batch), context.runtime.batch_size):
+        result = gradients(context, to_tensor(context, batch.x[rows]), targets[rows], taps=[layer],
                            wrt_input=False)
-        acts.append(spatial(result.values[layer], info))
-        grads.append(spatial(result.taps[layer], info))
+        acts.append(channels_first_torch(result.values[layer], info))
+        grads.append(channels_first_torch(result.taps[layer], info))
     return torch.cat(acts), torch.cat(grads)
 
 
@@ -92,8 +94,8 @@ class _GradCAMBase(Method):
 
     combine: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]  # (acts, grads) -> maps
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        acts, grads = layer_gradients(explainer, batch, targets, layer)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        acts, grads = layer_gradients(context, batch, targets, layer)
         return RawMaps(numpy_maps(type(self).combine(acts, grads)))
 
 
@@ -154,10 +156,10 @@ class GuidedGradCAM(Method):
     class Params:
         signed: bool = False  # False: max |value| over channels; True: signed channel sum
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        acts, grads = layer_gradients(explainer, batch, targets, layer)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        acts, grads = layer_gradients(context, batch, targets, layer)
         cam = minmax(upsample(grad_cam(acts, grads), batch.hw))
-        guided = input_gradients(explainer, batch, targets, rule="guided")
+        guided = input_gradients(context, batch, targets, rule="guided")
         layout = batch.spec.layout
         weight = cam[:, None] if layout == "NCHW" else cam[..., None]
         product = guided * weight
@@ -195,36 +197,33 @@ class SmoothGradCAMPlusPlus(Method):
         neurons: tuple = ()       # layer positions: row,col pairs (flat r1,c1,r2,c2,...); empty: all
         region: bool = False      # neurons are two corners of a rectangle of positions
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
         if p.n < 1:
             raise MethodError("Parameter 'n' of method 'smooth-grad-cam++' must be at least 1.")
-        info = layer_info(explainer, layer)
+        info = layer_info(context, layer)
         layout = batch.spec.layout
         maps = []
         for i, image in enumerate(batch.x):
-            acts, d1, d2, d3 = self._moments(explainer, image, targets[i], layer, info, layout)
+            acts, d1, d2, d3 = self._moments(context, image, targets[i], layer, info, layout)
             maps.append(self._cam(acts, d1, d2, d3))
         return RawMaps(numpy_maps(torch.cat(maps)))
 
-    def _moments(self, explainer, image, target, layer, info, layout):
+    def _moments(self, context, image, target, layer, info, layout):
         """Clean activations (1, C, h, w) and the mean of g, g^2, g^3 over the noisy copies."""
         p = self.params
-        x = to_tensor(explainer, image)
+        x = to_tensor(context, image)
         with torch.no_grad():
-            _, tapped = forward(explainer, x[None], [layer])
-        acts = spatial(tapped[layer], info)
-        std = p.sigma * float(image.max() - image.min())
-        noise = gaussian_noise(chw_shape(image, layout), p.n, std, p.seed, layout)
-        sums = [torch.zeros_like(acts[0]) for _ in range(3)]
-        for rows in batches(p.n, p.batch_size):
-            noisy = x[None] + noise[rows].to(x.device)
-            g = spatial(gradients(explainer, noisy, [target] * len(noisy), taps=[layer], wrt_input=False).taps[layer],
-                        info)
-            g2 = g * g
-            for total, value in zip(sums, (g, g2, g2 * g)):
-                total += value.sum(0)
-        return (acts, *[(total / p.n)[None] for total in sums])
+            _, tapped = forward(context, x[None], [layer])
+        acts = channels_first_torch(tapped[layer], info)
+        noise = gaussian_noise(chw_shape(image, layout), p.n, noise_std(image, p.sigma), p.seed, layout)
+
+        def layer_gradient(noisy: torch.Tensor) -> torch.Tensor:
+            tapped = gradients(context, noisy, [target] * len(noisy), taps=[layer], wrt_input=False).taps
+            return channels_first_torch(tapped[layer], info)
+
+        d1, d2, d3 = noise_tunnel(layer_gradient, x, noise, p.batch_size, order=3)
+        return acts, d1[None], d2[None], d3[None]
 
     def _cam(self, acts, d1, d2, d3) -> torch.Tensor:
         c, h, w = acts.shape[1:]

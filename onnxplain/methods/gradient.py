@@ -10,34 +10,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from ..errors import MethodError
-from ..images import normalise
 from . import register
 from .base import Method, RawMaps
-from .torch_common import (batches, chw_shape, forward, gaussian_noise, gradients, numpy_maps, reduce_channels,
-                           target_scores, to_tensor)
+from .baselines import baseline
+from .layout import chw_shape
+from .noise import gaussian_noise, noise_std, noise_tunnel
+from .perturb import batches, choose
+from .torch_common import forward, gradients, numpy_maps, reduce_channels, target_scores, to_tensor
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
     from ..images import Prepared
     from ..targets import Target
+    from .base import MethodContext
 
 NOISE_KINDS = ("smoothgrad", "squaregrad", "vargrad")
 BASELINES = ("black", "blurred", "uniform")
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
-def input_gradients(explainer: "Explainer", batch: "Prepared", targets: Sequence["Target"],
+def input_gradients(context: "MethodContext", batch: "Prepared", targets: Sequence["Target"],
                     rule: str = "plain") -> torch.Tensor:
     """Gradient of each image's target score w.r.t. its input (model layout), in chunks of the batch size."""
     parts = []
-    for rows in batches(len(batch), explainer.runtime.batch_size):
-        x = to_tensor(explainer, batch.x[rows])
-        parts.append(gradients(explainer, x, targets[rows], rule=rule).input)
+    for rows in batches(len(batch), context.runtime.batch_size):
+        x = to_tensor(context, batch.x[rows])
+        parts.append(gradients(context, x, targets[rows], rule=rule).input)
     return torch.cat(parts)
 
 
@@ -57,8 +58,8 @@ class Saliency(Method):
     class Params:
         signed: bool = False  # False: max |grad| over channels (Simonyan); True: grad summed over channels
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        grads = input_gradients(explainer, batch, targets)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        grads = input_gradients(context, batch, targets)
         return RawMaps(numpy_maps(reduce_channels(grads, batch.spec.layout, self.params.signed)))
 
 
@@ -74,8 +75,8 @@ class GuidedBackprop(Method):
     class Params:
         signed: bool = False  # False: max |grad| over channels; True: grad summed over channels
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
-        grads = input_gradients(explainer, batch, targets, rule=self.rule)
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+        grads = input_gradients(context, batch, targets, rule=self.rule)
         maps = reduce_channels(grads, batch.spec.layout, self.params.signed)
         return RawMaps(numpy_maps(maps), _gradient_extras(grads))
 
@@ -109,17 +110,15 @@ class SmoothGrad(Method):
         seed: int = 0              # noise seed (each image draws from its own generator seeded with it)
         signed: bool = False       # smoothgrad only: signed channel sum instead of max |mean grad|
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
-        if p.kind not in NOISE_KINDS:
-            raise MethodError(f"Parameter 'kind' of method 'smoothgrad' must be one of {', '.join(NOISE_KINDS)}, "
-                              f"not {p.kind!r}.")
+        choose(self.name, "kind", p.kind, NOISE_KINDS)
         if p.n < 1:
             raise MethodError("Parameter 'n' of method 'smoothgrad' must be at least 1.")
         layout = batch.spec.layout
         maps = []
         for i, image in enumerate(batch.x):
-            mean, square = noisy_gradient_moments(explainer, image, targets[i], layout, p.n, p.sigma, p.seed,
+            mean, square = noisy_gradient_moments(context, image, targets[i], layout, p.n, p.sigma, p.seed,
                                                   p.batch_size)
             if p.kind == "smoothgrad":
                 maps.append(reduce_channels(mean[None], layout, p.signed))
@@ -129,20 +128,16 @@ class SmoothGrad(Method):
         return RawMaps(numpy_maps(torch.cat(maps)))
 
 
-def noisy_gradient_moments(explainer: "Explainer", image: np.ndarray, target: "Target", layout: str, n: int,
+def noisy_gradient_moments(context: "MethodContext", image: np.ndarray, target: "Target", layout: str, n: int,
                            sigma: float, seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and mean square of the input gradient over `n` copies of one image plus Gaussian noise."""
-    std = sigma * float(image.max() - image.min())
-    noise = gaussian_noise(chw_shape(image, layout), n, std, seed, layout)
-    x = to_tensor(explainer, image)
-    total = torch.zeros_like(x)
-    total_sq = torch.zeros_like(x)
-    for rows in batches(n, batch_size):
-        noisy = x[None] + noise[rows].to(x.device)
-        g = gradients(explainer, noisy, [target] * len(noisy)).input
-        total += g.sum(0)
-        total_sq += (g * g).sum(0)
-    return total / n, total_sq / n
+    noise = gaussian_noise(chw_shape(image, layout), n, noise_std(image, sigma), seed, layout)
+
+    def gradient(noisy: torch.Tensor) -> torch.Tensor:
+        return gradients(context, noisy, [target] * len(noisy)).input
+
+    mean, square = noise_tunnel(gradient, to_tensor(context, image), noise, batch_size, order=2)
+    return mean, square
 
 
 def ig_coefficients(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -167,31 +162,15 @@ def ig_coefficients(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     return alphas, sizes
 
 
-def baseline(batch: "Prepared", kind: str, blur_sigma: float, seed: int) -> np.ndarray:
+def ig_baseline(batch: "Prepared", kind: str, blur_sigma: float, seed: int) -> np.ndarray:
     """The integrated-gradients baseline of each image, in model space and layout.
 
     black: pixel value 0 through the preprocessing; blurred: the image under a Gaussian blur
-    (sigma in input pixels); uniform: uniform noise over the valid input range, seeded per image.
+    (sigma in input pixels); uniform: uniform noise over the valid input range, the same for every image.
     """
-    layout = batch.spec.layout
-    c, h, w = chw_shape(batch.x[0], layout)
-    low = normalise(np.zeros((1, 1, c), np.uint8), batch.preprocess).reshape(c)
-    high = normalise(np.full((1, 1, c), 255, np.uint8), batch.preprocess).reshape(c)
-    n = len(batch)
-    if kind == "black":
-        chw = np.broadcast_to(low[:, None, None], (n, c, h, w))
-        return np.ascontiguousarray(chw if layout == "NCHW" else chw.transpose(0, 2, 3, 1), np.float32)
-    if kind == "blurred":
-        hwc = batch.x if layout == "NHWC" else batch.x.transpose(0, 2, 3, 1)
-        blurred = np.stack([cv2.GaussianBlur(np.ascontiguousarray(img), (0, 0), blur_sigma).reshape(h, w, c)
-                            for img in hwc])
-        return np.ascontiguousarray(blurred if layout == "NHWC" else blurred.transpose(0, 3, 1, 2), np.float32)
-    out = []
-    for _ in range(n):
-        u = torch.rand((c, h, w), generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64).numpy()
-        chw = low[:, None, None] + u * (high - low)[:, None, None]
-        out.append(chw if layout == "NCHW" else chw.transpose(1, 2, 0))
-    return np.stack(out).astype(np.float32)
+    kinds = {"black": "black", "blurred": "blur", "uniform": "uniform"}
+    return np.stack([baseline(x, batch.spec.layout, kinds[kind], sigma=blur_sigma, border="reflect101",
+                              preprocess=batch.preprocess, seed=seed) for x in batch.x]).astype(np.float32)
 
 
 @register
@@ -214,19 +193,15 @@ class IntegratedGradients(Method):
         batch_size: int = 32               # path points per forward/backward pass
         seed: int = 0                      # uniform baseline's seed
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
-        if p.baseline not in BASELINES:
-            raise MethodError(f"Parameter 'baseline' of method 'integrated-gradients' must be one of "
-                              f"{', '.join(BASELINES)}, not {p.baseline!r}.")
-        if p.quadrature not in IG_METHODS:
-            raise MethodError(f"Parameter 'quadrature' of method 'integrated-gradients' must be one of "
-                              f"{', '.join(IG_METHODS)}, not {p.quadrature!r}.")
+        choose(self.name, "baseline", p.baseline, BASELINES)
+        choose(self.name, "quadrature", p.quadrature, IG_METHODS)
         if p.steps < 1:
             raise MethodError("Parameter 'steps' of method 'integrated-gradients' must be at least 1.")
-        base = baseline(batch, p.baseline, p.blur_sigma, p.seed)
-        attributions = integrated_gradients(explainer, batch.x, base, targets, p.steps, p.quadrature, p.batch_size)
-        ends = end_scores(explainer, batch.x, base, targets)
+        base = ig_baseline(batch, p.baseline, p.blur_sigma, p.seed)
+        attributions = integrated_gradients(context, batch.x, base, targets, p.steps, p.quadrature, p.batch_size)
+        ends = end_scores(context, batch.x, base, targets)
         layout = batch.spec.layout
         maps = reduce_channels(attributions, layout, signed=True)
         extras = []
@@ -239,11 +214,11 @@ class IntegratedGradients(Method):
         return RawMaps(numpy_maps(maps), extras)
 
 
-def integrated_gradients(explainer: "Explainer", x: np.ndarray, base: np.ndarray, targets: Sequence["Target"],
+def integrated_gradients(context: "MethodContext", x: np.ndarray, base: np.ndarray, targets: Sequence["Target"],
                          steps: int, method: str, batch_size: int) -> torch.Tensor:
     """Attributions (model layout) of each image against its baseline; path points of all images share passes."""
     alphas, sizes = ig_coefficients(steps, method)
-    xs, bs = to_tensor(explainer, x), to_tensor(explainer, base)
+    xs, bs = to_tensor(context, x), to_tensor(context, base)
     image_of = np.repeat(np.arange(len(x)), steps)
     step_of = np.tile(np.arange(steps), len(x))
     alpha = torch.as_tensor(alphas, dtype=torch.float32, device=xs.device)
@@ -254,20 +229,20 @@ def integrated_gradients(explainer: "Explainer", x: np.ndarray, base: np.ndarray
         img = torch.as_tensor(image_of[rows], device=xs.device)
         step = torch.as_tensor(step_of[rows], device=xs.device)
         points = bs[img] + alpha[step].view(shape) * (xs[img] - bs[img])
-        g = gradients(explainer, points, [targets[int(i)] for i in image_of[rows]]).input
+        g = gradients(context, points, [targets[int(i)] for i in image_of[rows]]).input
         total.index_add_(0, img, g * size[step].view(shape))
     return (xs - bs) * total
 
 
-def end_scores(explainer: "Explainer", x: np.ndarray, base: np.ndarray, targets: Sequence["Target"]
+def end_scores(context: "MethodContext", x: np.ndarray, base: np.ndarray, targets: Sequence["Target"]
                ) -> tuple[np.ndarray, np.ndarray]:
     """Target scores at the images and at their baselines (float64 numpy)."""
     scores = []
     with torch.no_grad():
         for value in (x, base):
             parts = []
-            for rows in batches(len(value), explainer.runtime.batch_size):
-                outputs, _ = forward(explainer, to_tensor(explainer, value[rows]))
+            for rows in batches(len(value), context.runtime.batch_size):
+                outputs, _ = forward(context, to_tensor(context, value[rows]))
                 parts.append(target_scores(targets[rows], outputs).double().cpu().numpy())
             scores.append(np.concatenate(parts))
     return scores[0], scores[1]

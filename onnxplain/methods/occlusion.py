@@ -1,82 +1,28 @@
-"""Occlusion (Zeiler & Fergus, 2014): slide a patch over the image and record how much the target's score drops.
-
-Also home of the helpers that every perturbation method shares: perturbed inputs are
-generated in chunks of one runtime batch, so memory stays flat whatever the number
-of perturbations, and one progress bar covers all chunks of an image.
-"""
+"""Occlusion (Zeiler & Fergus, 2014): slide a patch over the image and record how much the target's score drops."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from ..errors import MethodError
 from ..model import TensorInfo
-from ..progress import progress
-from ..targets import ClassTarget, Target
+from ..targets import Target
 from . import register
 from .base import Method, RawMaps
-from .layers import channels_first
+from .baselines import baseline
+from .layout import channels_first_np
+from .perturb import SCORES, choose, chunk_size, image_score, pair, run_chunks, with_score
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
     from ..images import Prepared
+    from .base import MethodContext
 
-SCORES = ("logit", "probability")
 FILLS = ("zero", "mean", "blur", "constant")
-T = TypeVar("T")
 
 
-# ---- shared by the perturbation methods ---------------------------------------------------
-def chunk_size(explainer: "Explainer") -> int:
-    """Perturbed inputs to build at once: one runtime batch (1 for models with a fixed batch of 1)."""
-    return 1 if explainer.runtime.fixed_batch == 1 else max(1, explainer.runtime.batch_size)
-
-
-def run_chunks(explainer: "Explainer", chunks: Iterable[T], count: int, to_input: Callable[[T], np.ndarray],
-               outputs: Sequence[str], desc: str) -> Iterator[tuple[T, dict[str, np.ndarray]]]:
-    """Each chunk (masks, noise, window indices) with the model's outputs on the inputs `to_input` builds from it.
-
-    Chunks are pulled lazily, so only one chunk of perturbed inputs exists at a time; one progress bar
-    covers all `count` chunks.
-    """
-    for chunk in progress(chunks, desc=desc, quiet=explainer.quiet or count < 4, total=count, unit="batch"):
-        yield chunk, explainer.run(to_input(chunk), outputs)
-
-
-def with_score(target: Target, kind: str) -> Target:
-    """The target scoring logits or softmax probabilities as `kind` says; callable targets stay as given."""
-    if isinstance(target, ClassTarget):
-        return dataclasses.replace(target, probability=kind == "probability")
-    return target
-
-
-def check_choice(method: str, key: str, value: str, choices: Sequence[str]) -> None:
-    """A clear MethodError when a string parameter is not one of its choices."""
-    if value not in choices:
-        raise MethodError(f"Parameter '{key}' of method '{method}' cannot be '{value}'; use one of "
-                          f"{', '.join(choices)}.")
-
-
-def pair(method: str, key: str, value, auto: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) from an int or a pair; zeros take the `auto` value; anything else raises a MethodError."""
-    values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(values) != 2 or any(not isinstance(v, (int, np.integer)) or v < 0 for v in values):
-        raise MethodError(f"Parameter '{key}' of method '{method}' must be whole pixels >= 1 as (h, w) or one "
-                          f"number (0 = automatic), not {value!r}.")
-    return (int(values[0]) or auto[0], int(values[1]) or auto[1])
-
-
-def image_score(target: Target, outputs: dict[str, np.ndarray], i: int) -> float:
-    """The target's score of image `i` in a batch of outputs."""
-    return float(target.score({k: v[i:i + 1] for k, v in outputs.items()})[0])
-
-
-# ---- occlusion ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OcclusionParams:
     """window: (h, w) of the occluding patch; 0 = 1/14 of the input side (16 at 224).
@@ -128,31 +74,31 @@ class Occlusion(Method):
 
     def validate(self) -> None:
         p = self.params
-        check_choice(self.name, "fill", p.fill, FILLS)
-        check_choice(self.name, "score", p.score, SCORES)
+        choose(self.name, "fill", p.fill, FILLS)
+        choose(self.name, "score", p.score, SCORES)
         if not math.isfinite(p.value):
             raise MethodError(f"Parameter 'value' of method '{self.name}' must be a finite number, not {p.value}.")
         if p.blur_sigma < 0:
             raise MethodError(f"Parameter 'blur_sigma' of method '{self.name}' must be >= 0 (0 = automatic).")
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
         self.validate()
         (wh, ww), (sh, sw) = self.geometry(batch.hw)
         h, w = batch.hw
         ys, xs = window_starts(h, wh, sh), window_starts(w, ww, sw)
         rows, cols = spans(ys, wh, h), spans(xs, ww, w)  # (Py, H), (Px, W) bool: what each window covers
-        act_layer = explainer.model.resolve_layer(self.params.activation_layer) \
+        act_layer = context.model.resolve_layer(self.params.activation_layer) \
             if self.params.activation_layer else None
-        extra = [act_layer] if act_layer and act_layer not in explainer.runtime.output_names else []
-        outputs = list(explainer.runtime.output_names) + extra
-        base = explainer.forward(batch, extra)
-        act_info = explainer.model.tensors[act_layer] if act_layer else None
+        extra = [act_layer] if act_layer and act_layer not in context.runtime.output_names else []
+        outputs = list(context.runtime.output_names) + extra
+        base = context.forward(batch, extra)
+        act_info = context.model.tensors[act_layer] if act_layer else None
         sigma = self.params.blur_sigma or max(wh, ww) / 2
         maps, extras = [], []
         for i, target in enumerate(targets):
             target = with_score(target, self.params.score)
-            fill = fill_value(batch.x[i], batch.spec.layout, self.params.fill, self.params.value, sigma)
-            scores, stats = self._occlude(explainer, batch, i, target, fill, rows, cols, outputs, act_info)
+            fill = baseline(batch.x[i], batch.spec.layout, self.params.fill, value=self.params.value, sigma=sigma)
+            scores, stats = self._occlude(context, batch, i, target, fill, rows, cols, outputs, act_info)
             drops = image_score(target, base, i) - scores
             maps.append(spread(drops, rows, cols))
             info = {"drops": drops.astype(np.float32), "window": (wh, ww), "stride": (sh, sw),
@@ -162,16 +108,16 @@ class Occlusion(Method):
                                               stats["activations"], drops.shape))
             if self.params.class_map:
                 info["class_map"] = stats["classes"]
-                info["class_legend"] = {int(c): explainer.label(int(c)) for c in np.unique(stats["classes"])}
+                info["class_legend"] = {int(c): context.label(int(c)) for c in np.unique(stats["classes"])}
             extras.append(info)
         return RawMaps(np.stack(maps), extras)
 
-    def _occlude(self, explainer: "Explainer", batch: "Prepared", i: int, target: Target, fill, rows: np.ndarray,
+    def _occlude(self, context: "MethodContext", batch: "Prepared", i: int, target: Target, fill, rows: np.ndarray,
                  cols: np.ndarray, outputs: list[str], act_info: TensorInfo | None) -> tuple[np.ndarray, dict]:
         """Scores (Py, Px) of image `i` with each window occluded, plus the optional per-window statistics
         (per-channel activation totals, top class), reduced chunk by chunk to keep memory flat."""
         ny, nx = len(rows), len(cols)
-        total, step = ny * nx, chunk_size(explainer)
+        total, step = ny * nx, chunk_size(context)
         x = batch.x[i][None]
         chunks = (np.arange(s, min(s + step, total)) for s in range(0, total, step))
 
@@ -179,7 +125,7 @@ class Occlusion(Method):
             return np.where(batch.spatial_mask(rows[k // nx, :, None] & cols[k % nx, None, :]), fill, x)
 
         scores, activations, classes = [], [], []
-        for _, out in run_chunks(explainer, chunks, math.ceil(total / step), occluded, outputs,
+        for _, out in run_chunks(context, chunks, math.ceil(total / step), occluded, outputs,
                                  f"{self.name} {i + 1}/{len(batch)}"):
             scores.append(np.asarray(target.score(out), np.float64))
             if act_info:
@@ -213,25 +159,10 @@ def spread(drops: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return (total / count).astype(np.float32)
 
 
-def fill_value(x: np.ndarray, layout: str, fill: str, value: float, sigma: float) -> np.ndarray | float:
-    """What replaces the occluded pixels of one image (model layout): a scalar, a colour or a whole image."""
-    if fill == "zero":
-        return np.float32(0)
-    if fill == "constant":
-        return np.float32(value)
-    spatial = (1, 2) if layout == "NCHW" else (0, 1)
-    if fill == "mean":
-        return x.mean(axis=spatial, keepdims=True, dtype=np.float64).astype(np.float32)
-    hwc = x.transpose(1, 2, 0) if layout == "NCHW" else x
-    blurred = cv2.GaussianBlur(np.ascontiguousarray(hwc), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    blurred = blurred.reshape(hwc.shape)
-    return blurred.transpose(2, 0, 1) if layout == "NCHW" else blurred
-
-
 def tensor_channels(value: np.ndarray, info: TensorInfo) -> np.ndarray:
     """(N, C) totals per channel of a spatial tensor, or (N, 1) totals of any other tensor."""
     if info.spatial:
-        return channels_first(value, info).sum((2, 3), dtype=np.float64)
+        return channels_first_np(value, info).sum((2, 3), dtype=np.float64)
     return value.reshape(len(value), -1).sum(1, dtype=np.float64)[:, None]
 
 

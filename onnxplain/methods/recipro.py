@@ -9,8 +9,8 @@ import numpy as np
 from ..targets import ClassTarget
 from . import register
 from .base import Method, RawMaps
-from .cam import choose, layer_activations, tail_scores
-from .layers import to_layout
+from .layout import from_channels_first_np
+from .perturb import choose, layer_activations, tail_scores
 
 GAUSSIAN = np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]])
 
@@ -45,9 +45,9 @@ class ReciproCAM(Method):
         mask: str = "gaussian"  # "gaussian" (3x3 kernel 1/4 centre, 1/8 edges, 1/16 corners) or "binary"
         softmax: bool = True    # score class targets by softmax probability, as the paper; False: raw target score
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
         kind = choose(self.name, "mask", self.params.mask, ("gaussian", "binary"))
-        raw, info, acts = layer_activations(explainer, batch, layer)
+        raw, info, acts = layer_activations(context, batch, layer)
         _, _, h, w = acts.shape
         masks = position_masks(h, w, kind).astype(raw.dtype)
         maps = []
@@ -57,9 +57,9 @@ class ReciproCAM(Method):
 
             def make(rows: slice) -> np.ndarray:
                 masked = acts[i:i + 1] * masks[rows, None]
-                return np.ascontiguousarray(to_layout(masked, info, like=raw[i:i + 1]))
+                return np.ascontiguousarray(from_channels_first_np(masked, info, like=raw[i:i + 1]))
 
-            scores = tail_scores(explainer, batch, i, layer, target, h * w, make,
+            scores = tail_scores(context, batch, i, layer, target, h * w, make,
                                  desc=f"recipro-cam {i + 1}/{len(targets)}")
             maps.append(scores.reshape(h, w))
         return RawMaps(np.stack(maps))

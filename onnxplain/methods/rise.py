@@ -9,7 +9,8 @@ import numpy as np
 from ..errors import MethodError
 from . import register
 from .base import Method, RawMaps
-from .occlusion import SCORES, check_choice, chunk_size, run_chunks, with_score
+from .perturb import SCORES, choose, chunk_size, run_chunks, with_score
+from .resample import half_pixel_resize_matrix
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Rise(Method):
 
     def validate(self, hw: tuple[int, int]) -> None:
         p = self.params
-        check_choice(self.name, "score", p.score, SCORES)
+        choose(self.name, "score", p.score, SCORES)
         if p.n < 1:
             raise MethodError(f"Parameter 'n' of method 'rise' is the number of masks and must be >= 1, not {p.n}.")
         if not 0 < p.p <= 1:
@@ -55,11 +56,11 @@ class Rise(Method):
             raise MethodError(f"Parameter 'grid' of method 'rise' must be between 1 and the input's shorter side "
                               f"({min(hw)}), not {p.grid}.")
 
-    def explain(self, explainer, batch, targets, layer=None) -> RawMaps:
+    def explain(self, context, batch, targets, layer=None) -> RawMaps:
         self.validate(batch.hw)
         masks = RiseMasks(batch.hw, self.params.n, self.params.grid, self.params.p, self.params.seed)
-        n, step = self.params.n, chunk_size(explainer)
-        outputs = list(explainer.runtime.output_names)
+        n, step = self.params.n, chunk_size(context)
+        outputs = list(context.runtime.output_names)
         maps = []
         for i, target in enumerate(targets):
             target = with_score(target, self.params.score)
@@ -70,7 +71,7 @@ class Rise(Method):
                 return x * batch.spatial_mask(m)
 
             weighted, coverage, scores = np.zeros(batch.hw), np.zeros(batch.hw), []
-            for chunk, out in run_chunks(explainer, chunks, math.ceil(n / step), masked, outputs,
+            for chunk, out in run_chunks(context, chunks, math.ceil(n / step), masked, outputs,
                                          f"{self.name} {i + 1}/{len(batch)}"):
                 scores.append(np.asarray(target.score(out), np.float64))
                 weighted += (scores[-1].astype(np.float32) @ chunk.reshape(len(chunk), -1)).reshape(batch.hw)
@@ -108,7 +109,7 @@ class RiseMasks:
         self.grids = (rng.random((n, grid, grid)) < p).astype(np.float32)
         cells = [math.ceil(side / grid) for side in hw]
         self.shifts = [rng.integers(0, cell, n) for cell in cells]
-        self.up = [bilinear_matrix((grid + 1) * cell, grid, border="mirror") for cell in cells]
+        self.up = [half_pixel_resize_matrix((grid + 1) * cell, grid, border="mirror") for cell in cells]
 
     def make(self, start: int, stop: int) -> np.ndarray:
         """Masks start..stop-1 as (stop - start, H, W) float32 in [0, 1]."""
@@ -116,22 +117,3 @@ class RiseMasks:
         rows = ry[sy[start:stop, None] + np.arange(h)]  # (k, H, grid)
         cols = rx[sx[start:stop, None] + np.arange(w)]  # (k, W, grid)
         return rows @ self.grids[start:stop] @ cols.transpose(0, 2, 1)
-
-
-def bilinear_matrix(out_size: int, in_size: int, border: str = "clamp") -> np.ndarray:
-    """(out_size, in_size) matrix R so that R @ v is v linearly resized with pixel centres aligned
-    (align_corners=False). Beyond the edge samples, 'clamp' repeats them (cv2.INTER_LINEAR) and 'mirror'
-    reflects about them (skimage's resize with mode='reflect', which RISE's reference code uses)."""
-    c = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
-    last = in_size - 1
-    if border == "mirror":
-        c = np.abs(c)
-        c = np.where(c > last, 2 * last - c, c)
-    c = np.clip(c, 0, last)
-    i0 = np.floor(c).astype(np.int64)
-    frac = c - i0
-    i1 = np.minimum(i0 + 1, last)
-    matrix = np.zeros((out_size, in_size), np.float64)
-    np.add.at(matrix, (np.arange(out_size), i0), 1 - frac)
-    np.add.at(matrix, (np.arange(out_size), i1), frac)
-    return matrix.astype(np.float32)

@@ -1,5 +1,5 @@
-"""Torch helpers shared by the gradient methods: inputs on the explainer's device, forwards with taps,
-gradients of per-image target scores, layouts, reductions and seeded noise.
+"""Torch helpers shared by the gradient methods: inputs on the context's device, forwards with taps,
+gradients of per-image target scores, channel reductions and resizing.
 
 Every gradient is taken of the *sum* of one target score per row. Rows do not mix in
 an inference-mode network, so the gradient of the sum with respect to a row's input
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import MethodError
+from .layout import channel_axis
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
+    from .base import MethodContext
     from ..model import TensorInfo
     from ..targets import Target
 
@@ -33,21 +34,16 @@ class Grads:
     taps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def to_tensor(explainer: "Explainer", x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A float32 tensor on the explainer's torch device."""
+def to_tensor(context: "MethodContext", x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 tensor on the context's torch device."""
     return torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x,
-                           dtype=torch.float32, device=explainer.torch_device)
+                           dtype=torch.float32, device=context.torch_device)
 
 
-def channel_axis(layout: str) -> int:
-    """The channel axis of an input batch in this layout (NCHW: 1, NHWC: 3)."""
-    return 1 if layout == "NCHW" else 3
-
-
-def forward(explainer: "Explainer", x: torch.Tensor, taps: Sequence[str] = ()
+def forward(context: "MethodContext", x: torch.Tensor, taps: Sequence[str] = ()
             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The model's outputs by name and the tapped tensors by name, for one input batch."""
-    module = explainer.module
+    module = context.module
     if taps:
         outputs, tapped = module(x, taps=list(taps))
     else:
@@ -87,16 +83,16 @@ def _as_scores(value, rows: int) -> torch.Tensor:
     return value.reshape(rows)
 
 
-def gradients(explainer: "Explainer", x: torch.Tensor, targets: Sequence["Target"], taps: Sequence[str] = (),
+def gradients(context: "MethodContext", x: torch.Tensor, targets: Sequence["Target"], taps: Sequence[str] = (),
               wrt_input: bool = True, rule: str = "plain") -> Grads:
     """Gradients of each row's target score w.r.t. the input (when `wrt_input`) and each tap, one backward pass.
 
     `rule` is the module's relu rule for the backward ("plain", "guided" or "deconvnet").
     """
-    module = explainer.module
+    module = context.module
     x = x.detach().requires_grad_(wrt_input)
     with torch.enable_grad(), (module.relu_rule(rule) if rule != "plain" else contextlib.nullcontext()):
-        outputs, tapped = forward(explainer, x, taps)
+        outputs, tapped = forward(context, x, taps)
         scores = target_scores(targets, outputs)
         wrt = ([x] if wrt_input else []) + [tapped[name] for name in taps]
         grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
@@ -106,36 +102,6 @@ def gradients(explainer: "Explainer", x: torch.Tensor, targets: Sequence["Target
         result.input = grads.pop(0)
     result.taps = dict(zip(taps, grads))
     return result
-
-
-def batches(count: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of at most `size` rows over `count` rows."""
-    size = max(1, int(size))
-    for start in range(0, count, size):
-        yield slice(start, min(start + size, count))
-
-
-def spatial(value: torch.Tensor, info: "TensorInfo") -> torch.Tensor:
-    """A spatial tensor as (N, C, h, w): NHWC permuted, token tensors reshaped to their grid (class token dropped)."""
-    if info.layout == "NCHW":
-        return value
-    if info.layout == "NHWC":
-        return value.permute(0, 3, 1, 2)
-    if info.layout == "tokens":
-        h, w = info.grid
-        tokens = value[:, value.shape[1] - h * w:, :]
-        return tokens.transpose(1, 2).reshape(len(value), -1, h, w)
-    raise MethodError(f"Tensor '{info.name}' is not a spatial map; pick one from `onnxplain inspect --spatial`.")
-
-
-def channels_first(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """An input batch (NCHW or NHWC) as NCHW."""
-    return x if layout == "NCHW" else x.permute(0, 3, 1, 2)
-
-
-def to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """An NCHW batch in the model's input layout."""
-    return x if layout == "NCHW" else x.permute(0, 2, 3, 1)
 
 
 def reduce_channels(value: torch.Tensor, layout: str, signed: bool = False) -> torch.Tensor:
@@ -163,29 +129,13 @@ def minmax(maps: torch.Tensor, dims: int = 2) -> torch.Tensor:
     return flat.reshape(maps.shape)
 
 
-def gaussian_noise(shape_chw: tuple[int, ...], count: int, std: float, seed: int, layout: str) -> torch.Tensor:
-    """`count` draws of N(0, std^2) noise for one image on the CPU, in the model's input layout.
-
-    Drawn image by image from a generator seeded with `seed` in channels-first order, so an
-    image gets the same noise alone or in a batch, in NCHW or NHWC models, on CPU or GPU.
-    """
-    generator = torch.Generator().manual_seed(int(seed))
-    noise = torch.cat([torch.randn((1,) + tuple(shape_chw), generator=generator) for _ in range(count)]) * std
-    return to_layout(noise, layout)
-
-
-def chw_shape(x: np.ndarray, layout: str) -> tuple[int, int, int]:
-    """(C, H, W) of one image in the given layout."""
-    return tuple(x.shape) if layout == "NCHW" else (x.shape[2], x.shape[0], x.shape[1])
-
-
 def numpy_maps(maps: torch.Tensor) -> np.ndarray:
     """Maps as float32 numpy on the CPU."""
     return maps.detach().to("cpu", torch.float32).numpy()
 
 
-def layer_info(explainer: "Explainer", layer: str | None) -> "TensorInfo":
+def layer_info(context: "MethodContext", layer: str | None) -> "TensorInfo":
     """TensorInfo of the spatial layer a CAM-family method works on (clear errors when missing or not a map)."""
     if layer is None:
         raise MethodError("This method needs a layer; pass a spatial tensor name, auto or last-conv.")
-    return explainer.model.spatial_info(layer)
+    return context.model.spatial_info(layer)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .. import graph, render
 from ..errors import TargetError, UserError
 from ..images import ImageSource, PixelMap, Prepared, Preprocess, denormalise, normalise, to_channels, value_range
-from ..methods import torch_common
+from ..methods import layout as layouts, torch_common
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -148,7 +148,7 @@ class Space:
         """Model input for unit images (N, C, h, w): resized to the input size when smaller, in the model layout."""
         if tuple(u.shape[-2:]) != self.size:
             u = F.interpolate(u, size=self.size, mode="bilinear", align_corners=False)
-        return torch_common.to_layout(self.centre + self.half * u, self.layout)
+        return layouts.nchw_to_input_torch(self.centre + self.half * u, self.layout)
 
     def image(self, u: torch.Tensor) -> np.ndarray:
         """One unit image (C, h, w) as RGB uint8, through images.denormalise with the explainer's preset."""
@@ -159,7 +159,7 @@ class Space:
         """A model-layout batch as unit images (N, C, H, W) on the device."""
         x = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x, dtype=torch.float32,
                             device=self.device)
-        return (torch_common.channels_first(x, self.layout) - self.centre) / self.half
+        return (layouts.input_to_nchw_torch(x, self.layout) - self.centre) / self.half
 
     def from_photo(self, explainer: "Explainer", image: ImageSource) -> tuple[torch.Tensor, np.ndarray]:
         """A photo resized as `prepare` does, as a unit image (1, C, H, W), and that model-input image in uint8."""
@@ -215,9 +215,9 @@ class Objective:
 
 
 def layer_maps(value: torch.Tensor, info: "TensorInfo | None") -> torch.Tensor:
-    """A layer value as (N, C, h, w): spatial layouts via torch_common.spatial, vectors as 1x1 maps."""
+    """A layer value as (N, C, h, w): spatial layouts via layouts.channels_first_torch, vectors as 1x1 maps."""
     if info is not None and info.spatial:
-        return torch_common.spatial(value, info)
+        return layouts.channels_first_torch(value, info)
     if value.dim() == 2:
         return value[:, :, None, None]
     if value.dim() == 4:  # 1x1 maps keep no layout; ONNX maps are channels-first

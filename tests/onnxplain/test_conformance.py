@@ -3,15 +3,21 @@
 For each method on RegionNet (3x32x32, 3 classes): maps of the documented shape, finite values, batch
 independence (a batch equals its images one by one, rtol 1e-4 of the map's range), the model left
 unchanged, determinism with a seed, and the NHWC twin of the model gives the same map (rtol 1e-3).
+Each method also runs on a context that offers only what MethodContext lists, with the same map (exact).
 """
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pytest
 
 import helpers
 import onnxplain
-from onnxplain.methods import list_methods
+from onnxplain.explainer import Explainer
+from onnxplain.methods import get, list_methods
+from onnxplain.methods.base import MethodContext
+from onnxplain.targets import ClassTarget
 
 # keep the slow defaults small here; every other parameter keeps its default
 LIGHT = {"rise": {"n": 200}, "smoothgrad": {"n": 6}, "smoothgrad-fd": {"n": 64}, "integrated-gradients": {"steps": 8},
@@ -53,3 +59,42 @@ def test_method_conformance(method, explainers):
     assert explainer.model.proto.SerializeToString() == before
     [twin] = nhwc.explain(images[:1], method=method, target=1, **params)
     assert_close_maps(twin.raw, together[0].raw, 1e-3)
+
+
+CONTEXT = {name for name in vars(MethodContext) if not name.startswith("_")} | set(MethodContext.__annotations__)
+
+
+class OnlyTheContext:
+    """The explainer seen through MethodContext: any other attribute is an AttributeError naming it."""
+
+    def __init__(self, explainer):
+        self._explainer = explainer
+
+    def __getattr__(self, name):
+        if name not in CONTEXT:
+            raise AttributeError(f"methods may not use Explainer.{name}: it is not in MethodContext")
+        return getattr(self._explainer, name)
+
+
+def test_the_explainer_is_a_method_context(explainers):
+    """Every member of MethodContext exists on an Explainer (looked up without running properties)."""
+    assert {"model", "runtime", "quiet", "forward", "run", "tail", "label", "module", "torch_device"} <= CONTEXT
+    missing = object()
+    assert [n for n in sorted(CONTEXT) if inspect.getattr_static(explainers[0], n, missing) is missing] == []
+    with pytest.raises(AttributeError, match="Explainer.predict: it is not in MethodContext"):
+        OnlyTheContext(explainers[0]).predict
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_uses_only_the_context(method, explainers):
+    explainer = explainers[0]
+    images = helpers.random_images(2, seed=7)
+    params = LIGHT.get(method, {})
+    cls = get(method)
+    batch = explainer.prepare(images)
+    layer = explainer.model.resolve_layer("auto", explainer.output_name(None)) if cls.uses_layer else None
+    target = ClassTarget(output=explainer.output_name(None), index=1)
+    raw = cls(cls.make_params(**params)).explain(OnlyTheContext(explainer), batch, [target, target], layer)
+    want = explainer.explain(images, method=method, target=1, **params)
+    for got, attribution in zip(raw.maps, want):
+        np.testing.assert_array_equal(got, attribution.raw)

@@ -21,8 +21,9 @@ from torch import nn
 import helpers
 from onnxplain import Explainer
 from onnxplain.errors import MethodError
-from onnxplain.methods.rise import RiseMasks, bilinear_matrix
-from onnxplain.methods.smoothgrad_fd import standard_normal
+from onnxplain.methods.noise import standard_normal
+from onnxplain.methods.resample import half_pixel_resize_matrix
+from onnxplain.methods.rise import RiseMasks
 
 # The cat's face in EfficientNet-Lite0's 224x224 centre crop of skimage's chelsea, measured by eye on the
 # prepared input written to PNG: outer corner of the left eye (x 34) to the right eye (x 212), top of the
@@ -180,7 +181,8 @@ def test_rise_masks_follow_the_authors_recipe():
         up = resize(masks.grids[k], (8 * cells[0], 8 * cells[1]), order=1, mode="reflect", anti_aliasing=False)
         dy, dx = masks.shifts[0][k], masks.shifts[1][k]
         np.testing.assert_allclose(built[k], up[dy:dy + 32, dx:dx + 40], atol=1e-6)
-    np.testing.assert_allclose(bilinear_matrix(64, 7) @ np.eye(7, dtype=np.float32) @ bilinear_matrix(48, 7).T,
+    rows, cols = half_pixel_resize_matrix(64, 7), half_pixel_resize_matrix(48, 7)
+    np.testing.assert_allclose(rows @ np.eye(7, dtype=np.float32) @ cols.T,
                                cv2.resize(np.eye(7, dtype=np.float32), (48, 64)), atol=1e-6)
 
 

@@ -1,0 +1,138 @@
+"""The forward-only toolbox: perturbed inputs or edited layer values run in memory-bounded chunks (one
+progress bar per image), their target scores, and parameter checks worded one way for every method.
+
+Chunks hold one runtime batch, so memory stays flat whatever the number of perturbations and a reused
+input buffer stays small and warm.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from ..errors import MethodError
+from ..progress import progress
+from ..targets import ClassTarget, Target
+from .layout import channels_first_np
+
+if TYPE_CHECKING:
+    from ..images import Prepared
+    from ..model import TensorInfo
+    from .base import MethodContext
+
+CHUNK_BYTES = 1 << 27  # perturbed copies are built at most this many bytes at a time
+SCORES = ("logit", "probability")
+T = TypeVar("T")
+
+
+# ---- chunking ---------------------------------------------------------------------------------------
+def batches(count: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `size` rows over `count` rows."""
+    size = max(1, int(size))
+    for start in range(0, count, size):
+        yield slice(start, min(start + size, count))
+
+
+def chunks(count: int, row_bytes: int, batch_size: int) -> list[slice]:
+    """Slices over `count` rows: one runtime batch each, fewer rows where a batch would hold more than
+    CHUNK_BYTES."""
+    return list(batches(count, min(batch_size, CHUNK_BYTES // max(int(row_bytes), 1))))
+
+
+def chunk_size(context: "MethodContext") -> int:
+    """Perturbed inputs to build at once: one runtime batch (1 for models with a fixed batch of 1)."""
+    return 1 if context.runtime.fixed_batch == 1 else max(1, context.runtime.batch_size)
+
+
+def run_chunks(context: "MethodContext", parts: Iterable[T], count: int, to_input: Callable[[T], np.ndarray],
+               outputs: Sequence[str], desc: str) -> Iterator[tuple[T, dict[str, np.ndarray]]]:
+    """Each part (masks, noise, window indices) with the model's outputs on the inputs `to_input` builds from it.
+
+    Parts are pulled lazily, so only one chunk of perturbed inputs exists at a time; one progress bar
+    covers all `count` parts.
+    """
+    for part in progress(parts, desc=desc, quiet=context.quiet or count < 4, total=count, unit="batch"):
+        yield part, context.run(to_input(part), outputs)
+
+
+# ---- scores -----------------------------------------------------------------------------------------
+def layer_activations(context: "MethodContext", batch: "Prepared", layer: str
+                      ) -> tuple[np.ndarray, "TensorInfo", np.ndarray]:
+    """(raw value in the tensor's layout, its TensorInfo, the same as (N, C, h, w)), from the cached forward."""
+    info = context.model.spatial_info(layer)
+    raw = context.forward(batch, [layer])[layer]
+    return raw, info, channels_first_np(raw, info)
+
+
+def input_scores(context: "MethodContext", target: Target, count: int, row_bytes: int,
+                 make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
+    """Target scores of `count` perturbed inputs built chunk by chunk by `make(rows)` and run through the model."""
+    slices = chunks(count, row_bytes, context.runtime.batch_size)
+    scores = [np.asarray(target.score(context.run(make(rows))), np.float64)
+              for rows in progress(slices, desc=desc, quiet=context.quiet or len(slices) < 4, unit="batch")]
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def tail_scores(context: "MethodContext", batch: "Prepared", index: int, layer: str, target: Target, count: int,
+                make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
+    """Target scores of `count` edited layer values of image `index` (built by `make(rows)`, in the tensor's own
+    layout), run through the model's tail only; tensors crossing the cut are fed unchanged."""
+    cut, runtime = context.tail(layer)
+    graph_inputs = {i.name for i in context.model.inputs}
+    crossing = {name: batch.x if name in graph_inputs else context.forward(batch, [name])[name]
+                for name in cut.crossing}
+    row = context.forward(batch, [layer])[layer][index]
+    scores = []
+    slices = chunks(count, row.nbytes, runtime.batch_size)
+    for rows in progress(slices, desc=desc, quiet=context.quiet or len(slices) < 4, unit="batch"):
+        variants = make(rows)
+        feeds = {cut.at: variants}
+        for name, value in crossing.items():
+            feeds[name] = np.broadcast_to(value[index:index + 1], (len(variants),) + value.shape[1:])
+        scores.append(np.asarray(target.score(runtime.run(feeds)), np.float64))
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def with_score(target: Target, kind: str) -> Target:
+    """The target scoring logits or softmax probabilities as `kind` says; callable targets stay as given."""
+    if isinstance(target, ClassTarget):
+        return dataclasses.replace(target, probability=kind == "probability")
+    return target
+
+
+def image_score(target: Target, outputs: dict[str, np.ndarray], i: int) -> float:
+    """The target's score of image `i` in a batch of outputs."""
+    return float(target.score({k: v[i:i + 1] for k, v in outputs.items()})[0])
+
+
+# ---- parameter checks ----------------------------------------------------------------------------
+def choose(method: str, key: str, value: Any, choices: Sequence[str]) -> str:
+    """`value` when it is one of `choices`, else a MethodError naming them (the one wording for every method)."""
+    if value not in choices:
+        raise MethodError(f"Parameter '{key}' of method '{method}' cannot be '{value}'; use one of "
+                          f"{', '.join(choices)}.")
+    return value
+
+
+def optional_count(method: str, name: str, value) -> int | None:
+    """A positive int or None from a parameter that may arrive as a CLI string."""
+    if value is None or value in ("", "none", "None", "all"):
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise MethodError(f"Parameter '{name}' of method '{method}' must be a positive whole number or None, "
+                          f"not {value!r}.")
+    return count
+
+
+def pair(method: str, key: str, value, auto: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) from an int or a pair; zeros take the `auto` value; anything else raises a MethodError."""
+    values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(values) != 2 or any(not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+        raise MethodError(f"Parameter '{key}' of method '{method}' must be whole pixels >= 1 as (h, w) or one "
+                          f"number (0 = automatic), not {value!r}.")
+    return (int(values[0]) or auto[0], int(values[1]) or auto[1])
