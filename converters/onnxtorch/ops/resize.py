@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..errors import UnsupportedModel
+from ..checks import DYNAMIC, refuses
 from ..registry import register
 from .common import axis_list, floats, ints
 
@@ -27,8 +28,8 @@ def source_coordinates(out: int, size: int, scale: float, mode: str, roi: tuple[
         return offset + (x + 0.5) / scale_t - 0.5
     if mode == "pytorch_half_pixel":
         return (x + 0.5) / scale_t - 0.5 if out > 1 else torch.zeros(out)
-    if mode == "align_corners":
-        return x * ((size - 1) / (out - 1)) if out > 1 else torch.zeros(out)
+    if mode == "align_corners":  # the resized length is size * scale, as the spec's reference (not the rounded out)
+        return x * ((size - 1) / (size * scale - 1)) if out > 1 else torch.zeros(out)
     if mode == "asymmetric":
         return x / scale_t
     if mode == "tf_half_pixel_for_nn":
@@ -141,6 +142,17 @@ def present(values: list | None) -> list | None:
     return values if values else None
 
 
+def antialias_refusal(inputs: list, *, antialias: int = 0, mode: str = "nearest", **_) -> str | None:
+    """Antialiased downsampling is not computed: refused unless constant scales show no axis shrinks."""
+    if not antialias or mode == "nearest":
+        return None
+    scales = inputs[2] if len(inputs) > 2 else None
+    if scales is not None and scales is not DYNAMIC and scales.numel() and bool((scales >= 1).all()):
+        return None
+    return "asks for antialiasing, which the converter does not compute when downsampling"
+
+
+@refuses(antialias_refusal)
 @register("Resize", since=11)
 def resize(x: torch.Tensor, roi=None, scales=None, sizes=None, *, antialias: int = 0, axes=None,
            coordinate_transformation_mode: str = "half_pixel", cubic_coeff_a: float = -0.75,
