@@ -27,7 +27,10 @@ def test_every_backend_case_passes_or_is_refused_before_running():
     assert not bad, "\n".join(bad)
     counts = figures(results)
     assert sum(counts["all"].values()) == 1765 and sum(counts["vision"].values()) == 936
-    assert counts["vision"]["pass"] >= 701 and counts["all"]["pass"] >= 1000
+    assert counts["vision"]["pass"] >= 699 and counts["all"]["pass"] >= 998
+    followed = sorted(r.case for r in results if r.outcome == "onnxruntime")  # Resize align_corners with scales
+    assert followed == ["test_resize_downsample_scales_cubic_align_corners",
+                        "test_resize_downsample_scales_linear_align_corners"]
     refused = [r for r in results if r.outcome == "refused"]
     assert all(r.detail.startswith(("The converter does not support", "The converter cannot run",
                                     "The converter runs float32")) for r in refused)

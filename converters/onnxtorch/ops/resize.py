@@ -28,8 +28,8 @@ def source_coordinates(out: int, size: int, scale: float, mode: str, roi: tuple[
         return offset + (x + 0.5) / scale_t - 0.5
     if mode == "pytorch_half_pixel":
         return (x + 0.5) / scale_t - 0.5 if out > 1 else torch.zeros(out)
-    if mode == "align_corners":  # the resized length is size * scale, as the spec's reference (not the rounded out)
-        return x * ((size - 1) / (size * scale - 1)) if out > 1 else torch.zeros(out)
+    if mode == "align_corners":
+        return x * ((size - 1) / (out - 1)) if out > 1 else torch.zeros(out)
     if mode == "asymmetric":
         return x / scale_t
     if mode == "tf_half_pixel_for_nn":
