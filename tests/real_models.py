@@ -34,6 +34,20 @@ def unpack(package: str) -> Path:
     return target
 
 
+def onnx_backend_wheel() -> Path:
+    """The onnx 1.22.0 wheel (the last that ships the backend node test data), downloaded once, not unpacked:
+    the suite reads onnx/backend/test/data/node/*/ straight from the zip."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        wheels = sorted(CACHE.glob("onnx-1.22.0-*.whl"))
+        if not wheels:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(CACHE),
+                            "onnx==1.22.0"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wheels = sorted(CACHE.glob("onnx-1.22.0-*.whl"))
+    return wheels[-1]
+
+
 def ppocr_cls() -> Path:
     """PP-OCR mobile v2.0 direction classifier: Paddle export, opset 11, weights in Constant nodes.
 

@@ -10,6 +10,7 @@ import os
 
 import onnx
 
+from .checks import refusal_message, refusals
 from .errors import ConversionError, UnknownTensor, UnsupportedModel, UnsupportedOp
 from .graph import NodeInfo, check_precision, has_half, load_model, missing_ops, upcast_half
 from .module import OnnxModule
@@ -39,7 +40,8 @@ def check(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> list[tu
 
 
 def problem(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> str | None:
-    """Why the converter cannot take this model (missing ops, or float16/bfloat16 precision) in one sentence,
+    """Why the converter cannot take this model (missing ops, float16/bfloat16 precision, tensor types torch
+    cannot run, node settings it does not handle) in one sentence,
     or None when it can. Cheap like `check`: nothing is built."""
     model = load_model(model_or_path, external_data=False)
     missing = missing_ops(model)
@@ -49,4 +51,5 @@ def problem(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> str |
         check_precision(model)
     except UnsupportedModel as exc:
         return str(exc)
-    return None
+    reasons = refusals(model)
+    return refusal_message(reasons) if reasons else None

@@ -12,6 +12,7 @@ import torch
 from onnx import AttributeProto, TensorProto, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
+from .checks import walk
 from .errors import UnsupportedModel
 from .registry import DEFAULT_DOMAINS, load_ops, lookup
 
@@ -53,16 +54,17 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
 
 
 def missing_ops(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
-    """(op_type, opset, node name) for every node whose op the registry lacks (empty when convertible)."""
+    """(op_type, opset, node name) for every node whose op the registry lacks (empty when convertible),
+    inside If/Loop/Scan bodies too (inner nodes named by their path)."""
     load_ops()
     versions = opset_versions(model)
     missing = []
-    for index, node in enumerate(model.graph.node):
+    for node, label, _ in walk(model.graph):
         domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
         opset = versions.get(domain, 1)
         if lookup(node.op_type, opset, domain) is None:
             op = node.op_type if not domain else f"{domain}.{node.op_type}"
-            missing.append((op, opset, node_label(node, index)))
+            missing.append((op, opset, label))
     return missing
 
 

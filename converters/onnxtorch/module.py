@@ -17,7 +17,8 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import UnknownTensor, UnsupportedOp
+from .checks import refusal_message, refusals
+from .errors import UnknownTensor, UnsupportedModel, UnsupportedOp
 from .graph import (NodeInfo, attribute_values, call_arguments, check_precision, missing_ops, node_label,
                     opset_versions, to_torch_tensor, topological_order)
 from .ops.activation import RELU_RULES, RULE_FUNCTIONS, SCALAR_INPUTS
@@ -70,6 +71,9 @@ class OnnxModule(nn.Module):
         if missing:
             raise UnsupportedOp(missing)
         check_precision(model)
+        reasons = refusals(model)
+        if reasons:
+            raise UnsupportedModel(refusal_message(reasons))
         graph = model.graph
         self.opset = opset_versions(model).get("", 1)
         self.onnx_name_of: dict[str, str] = {}

@@ -17,6 +17,8 @@ ONNX_TO_TORCH_DTYPE = {
     TensorProto.UINT64: torch.uint64, TensorProto.INT64: torch.int64,
     TensorProto.BOOL: torch.bool,
     TensorProto.COMPLEX64: torch.complex64, TensorProto.COMPLEX128: torch.complex128,
+    TensorProto.FLOAT8E4M3FN: torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
+    TensorProto.FLOAT8E5M2: torch.float8_e5m2, TensorProto.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
 }
 
 

@@ -6,26 +6,40 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import UnsupportedModel
 from ..registry import register
 
 
 @register("BatchNormalization")
 def batch_normalization(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
                         var: torch.Tensor, *, epsilon: float = 1e-5, momentum: float = 0.9, spatial: int = 1,
-                        training_mode: int = 0, is_test: int = 1, consumed_inputs=None) -> torch.Tensor:
-    """Inference-mode batch norm with the stored statistics (training_mode=1 is not supported).
+                        training_mode: int = 0, is_test: int = 1, consumed_inputs=None, output_count: int = 1):
+    """Batch norm with the stored statistics or, with training_mode=1, the batch's own (then also the
+    updated running mean and variance, momentum-weighted as the spec says).
 
     Statistics that require grad (a module built with requires_grad=True) take the
     explicit formula, since torch's batch_norm refuses gradients for running stats."""
     if training_mode:
-        raise UnsupportedModel("BatchNormalization with training_mode=1 is not supported")
+        return batch_normalization_training(x, scale, bias, mean, var, epsilon, momentum, output_count)
     if scale.dim() == 1 and not (mean.requires_grad or var.requires_grad):
         return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
     # explicit form; also spatial=0 (opset < 9) with per-element statistics of shape C x D1 x ...
     shape = (-1,) + (1,) * (x.dim() - 2) if scale.dim() == 1 else tuple(scale.shape)
     mean, var, scale, bias = (t.reshape(shape) for t in (mean, var, scale, bias))
     return (x - mean) / torch.sqrt(var + epsilon) * scale + bias
+
+
+def batch_normalization_training(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                                 var: torch.Tensor, epsilon: float, momentum: float, output_count: int):
+    """Training-mode batch norm: Y from the batch statistics (population variance), plus running stats."""
+    axes = (0,) + tuple(range(2, x.dim()))
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    batch_mean = x.mean(axes)
+    batch_var = x.var(axes, correction=0)
+    y = (x - batch_mean.reshape(shape)) / torch.sqrt(batch_var.reshape(shape) + epsilon) * scale.reshape(shape) \
+        + bias.reshape(shape)
+    if output_count == 1:
+        return y
+    return (y, mean * momentum + batch_mean * (1 - momentum), var * momentum + batch_var * (1 - momentum))
 
 
 @register("InstanceNormalization")
@@ -37,14 +51,20 @@ def instance_normalization(x: torch.Tensor, scale: torch.Tensor, bias: torch.Ten
 
 @register("LayerNormalization", since=17)
 def layer_normalization(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None, *,
-                        axis: int = -1, epsilon: float = 1e-5, stash_type: int = 1):
-    """Normalise over the axes from `axis` to the end (only the Y output is provided)."""
+                        axis: int = -1, epsilon: float = 1e-5, stash_type: int = 1, output_count: int = 1):
+    """Normalise over the axes from `axis` to the end; Mean and InvStdDev (kept dims) when the node names them."""
     axis = axis + x.dim() if axis < 0 else axis
     shape = tuple(x.shape[axis:])
-    if tuple(scale.shape) == shape and (bias is None or tuple(bias.shape) == shape):
-        return F.layer_norm(x, shape, scale, bias, epsilon)
-    y = F.layer_norm(x, shape, None, None, epsilon) * scale
-    return y if bias is None else y + bias
+    if output_count == 1:
+        if tuple(scale.shape) == shape and (bias is None or tuple(bias.shape) == shape):
+            return F.layer_norm(x, shape, scale, bias, epsilon)
+        y = F.layer_norm(x, shape, None, None, epsilon) * scale
+        return y if bias is None else y + bias
+    axes = tuple(range(axis, x.dim()))
+    mean = x.mean(axes, keepdim=True)
+    inv_std = torch.rsqrt((x - mean).square().mean(axes, keepdim=True) + epsilon)
+    y = (x - mean) * inv_std * scale
+    return (y if bias is None else y + bias), mean, inv_std
 
 
 @register("GroupNormalization", since=18, until=20)
@@ -73,8 +93,9 @@ def lrn(x: torch.Tensor, *, alpha: float = 0.0001, beta: float = 0.75, bias: flo
 
 @register("LpNormalization")
 def lp_normalization(x: torch.Tensor, *, axis: int = -1, p: int = 2) -> torch.Tensor:
-    """x divided by its Lp norm along `axis`."""
-    return x / torch.linalg.vector_norm(x, ord=p, dim=axis, keepdim=True)
+    """x divided by its Lp norm along `axis` (a zero vector stays zero, as the spec says)."""
+    norm = torch.linalg.vector_norm(x, ord=p, dim=axis, keepdim=True)
+    return x / torch.where(norm == 0, torch.ones_like(norm), norm)
 
 
 @register("MeanVarianceNormalization", since=9)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedModel
+from ..checks import refuses
 from ..registry import register
 from .conv import resolve_pads, torch_pad_order
 
@@ -56,6 +57,20 @@ def pool_geometry(x: torch.Tensor, kernel_shape, strides, dilations, pads, auto_
     return list(kernel_shape), strides, dilations, resolve_pads(x, kernel_shape, strides, dilations, pads, auto_pad)
 
 
+def max_pool_refusal(inputs: list, *, output_count: int = 1, auto_pad: str = "NOTSET", pads=None,
+                     kernel_shape=(), storage_order: int = 0, **_) -> str | None:
+    """The Indices output is computed for symmetric explicit pads (and storage_order 1 in 2-D) only."""
+    if output_count < 2:
+        return None
+    n = len(kernel_shape)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") or (pads and list(pads[:n]) != list(pads[n:])):
+        return "asks for indices with asymmetric or automatic pads, which the converter does not compute"
+    if storage_order and n != 2:
+        return "asks for column-major indices of a pooling that is not 2-D"
+    return None
+
+
+@refuses(max_pool_refusal)
 @register("MaxPool")
 def max_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilations=None, kernel_shape=None,
              pads=None, storage_order: int = 0, strides=None, output_count: int = 1):
@@ -65,9 +80,13 @@ def max_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, d
     sizes = pool_output_sizes(x.shape[2:], kernel, strides, dilations, pads, bool(ceil_mode))
     padding = direct_padding(pads, kernel, dilations)
     if output_count > 1:
-        if padding is None or storage_order != 0:
-            raise UnsupportedModel("MaxPool indices are supported for symmetric pads and storage_order 0 only")
+        if padding is None or (storage_order != 0 and n != 2):
+            raise UnsupportedModel("MaxPool indices are supported for symmetric pads (and storage_order 1 "
+                                   "in 2-D) only")
         y, idx = MAX_POOL[n](x, kernel, strides, padding, dilations, bool(ceil_mode), return_indices=True)
+        if storage_order:  # column-major position within the plane
+            height, width = x.shape[2:]
+            idx = (idx % width) * height + idx // width
         plane = math.prod(x.shape[2:])
         offset = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(x.shape[0], x.shape[1], *[1] * n)
         return crop_to(y, sizes), crop_to(idx + offset * plane, sizes)
@@ -77,6 +96,13 @@ def max_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, d
     return crop_to(MAX_POOL[n](x, kernel, strides, padding, dilations, bool(ceil_mode)), sizes)
 
 
+def dilation_refusal(inputs: list, *, dilations=None, **_) -> str | None:
+    """Dilated average and Lp pooling are not computed (yet): refused at build time."""
+    return "has dilations, which the converter does not compute for this pooling" \
+        if dilations and any(d != 1 for d in dilations) else None
+
+
+@refuses(dilation_refusal)
 @register("AveragePool")
 def average_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, count_include_pad: int = 0,
                  dilations=None, kernel_shape=None, pads=None, strides=None) -> torch.Tensor:
@@ -99,6 +125,7 @@ def average_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 
     return crop_to(y, sizes)
 
 
+@refuses(dilation_refusal)
 @register("LpPool")
 def lp_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilations=None, kernel_shape=None,
             p: int = 2, pads=None, strides=None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 after; the same function serves both forms because the parameter keeps the name `axes`."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -21,6 +22,18 @@ def reduce(x: torch.Tensor, axes, keepdims: int, noop_with_empty_axes: int,
             return elementwise(x) if elementwise is not None else x
         axes = None
     return fn(x, tuple(axis_list(axes, x.dim())), bool(keepdims))
+
+
+def extreme_over(x: torch.Tensor, axes: tuple | None, keepdim: bool, largest: bool) -> torch.Tensor:
+    """amax/amin; over an empty axis the result is the identity of the reduction (-inf for max, +inf for min,
+    the integer type's bounds), as the spec says, where torch raises."""
+    dims = tuple(range(x.dim())) if axes is None else axes
+    if all(x.shape[a] > 0 for a in dims):
+        return x.amax(dims, keepdim=keepdim) if largest else x.amin(dims, keepdim=keepdim)
+    shape = [1 if a in dims else n for a, n in enumerate(x.shape) if keepdim or a not in dims]
+    info = torch.finfo(x.dtype) if x.is_floating_point() else torch.iinfo(x.dtype)
+    fill = (-math.inf if largest else math.inf) if x.is_floating_point() else (info.min if largest else info.max)
+    return torch.full(shape, fill, dtype=x.dtype, device=x.device)
 
 
 def prod_over(x: torch.Tensor, axes: tuple, keepdim: bool) -> torch.Tensor:
@@ -45,13 +58,13 @@ def reduce_mean(x: torch.Tensor, axes=None, *, keepdims: int = 1, noop_with_empt
 @register("ReduceMax")
 def reduce_max(x: torch.Tensor, axes=None, *, keepdims: int = 1, noop_with_empty_axes: int = 0) -> torch.Tensor:
     """Maximum over axes."""
-    return reduce(x, axes, keepdims, noop_with_empty_axes, lambda t, a, k: t.amax(a, keepdim=k))
+    return reduce(x, axes, keepdims, noop_with_empty_axes, lambda t, a, k: extreme_over(t, a, k, True))
 
 
 @register("ReduceMin")
 def reduce_min(x: torch.Tensor, axes=None, *, keepdims: int = 1, noop_with_empty_axes: int = 0) -> torch.Tensor:
     """Minimum over axes."""
-    return reduce(x, axes, keepdims, noop_with_empty_axes, lambda t, a, k: t.amin(a, keepdim=k))
+    return reduce(x, axes, keepdims, noop_with_empty_axes, lambda t, a, k: extreme_over(t, a, k, False))
 
 
 @register("ReduceProd")

@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..errors import UnsupportedModel
+from ..checks import DYNAMIC, refuses
 from ..registry import register
 from .common import axis_list, floats, ints
 
@@ -141,6 +142,17 @@ def present(values: list | None) -> list | None:
     return values if values else None
 
 
+def antialias_refusal(inputs: list, *, antialias: int = 0, mode: str = "nearest", **_) -> str | None:
+    """Antialiased downsampling is not computed: refused unless constant scales show no axis shrinks."""
+    if not antialias or mode == "nearest":
+        return None
+    scales = inputs[2] if len(inputs) > 2 else None
+    if scales is not None and scales is not DYNAMIC and scales.numel() and bool((scales >= 1).all()):
+        return None
+    return "asks for antialiasing, which the converter does not compute when downsampling"
+
+
+@refuses(antialias_refusal)
 @register("Resize", since=11)
 def resize(x: torch.Tensor, roi=None, scales=None, sizes=None, *, antialias: int = 0, axes=None,
            coordinate_transformation_mode: str = "half_pixel", cubic_coeff_a: float = -0.75,

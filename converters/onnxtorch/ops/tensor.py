@@ -2,9 +2,12 @@
 Concat, Split, Slice, Gather*, Scatter*, Pad, Trilu, TopK, ArgMax/ArgMin, NonZero, OneHot."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from ..checks import DYNAMIC, refuses
 from ..errors import UnsupportedModel
 from ..registry import register
 from .common import axis_list, ints, scalar, to_dtype
@@ -42,16 +45,35 @@ def range_(start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> tor
     return torch.arange(scalar(start), scalar(limit), scalar(delta), dtype=start.dtype, device=start.device)
 
 
+FLOAT8_MANTISSA = {torch.float8_e4m3fn: 3, torch.float8_e4m3fnuz: 3, torch.float8_e5m2: 2, torch.float8_e5m2fnuz: 2}
+FLOAT8 = tuple(FLOAT8_MANTISSA)
+
+
+def convert(x: torch.Tensor, dtype: torch.dtype, saturate: int) -> torch.Tensor:
+    """x as dtype; into a float8 type with `saturate`, out-of-range values (and infinities) become the
+    largest finite value of their sign, as the spec says (NaN stays NaN)."""
+    if dtype not in FLOAT8 or not x.is_floating_point():
+        return x.to(dtype)
+    largest = torch.finfo(dtype).max
+    x = x.to(torch.float32)
+    if saturate:
+        return torch.clamp(x, -largest, largest).to(dtype)
+    # without saturation what rounds past the largest value is inf (e5m2) or NaN (the others)
+    limit = largest + 2.0 ** (math.floor(math.log2(largest)) - FLOAT8_MANTISSA[dtype]) / 2
+    overflow = torch.tensor(math.inf if dtype == torch.float8_e5m2 else math.nan, device=x.device)
+    return torch.where(x.abs() > limit, overflow.copysign(x), x).to(dtype)
+
+
 @register("Cast")
 def cast(x: torch.Tensor, *, to: int, saturate: int = 1) -> torch.Tensor:
     """x converted to the ONNX data type `to` (float to int truncates toward zero)."""
-    return x.to(to_dtype(to))
+    return convert(x, to_dtype(to), saturate)
 
 
 @register("CastLike", since=15)
 def cast_like(x: torch.Tensor, like: torch.Tensor, *, saturate: int = 1) -> torch.Tensor:
     """x converted to like's dtype."""
-    return x.to(like.dtype)
+    return convert(x, like.dtype, saturate)
 
 
 @register("Identity")
@@ -60,6 +82,21 @@ def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def dropout_refusal(inputs: list, *, seed: int | None = None, **_) -> str | None:
+    """Training-mode dropout draws a random mask no seed reproduces across runtimes: refused unless it is
+    known to be off (training_mode absent or a constant false) or to drop nothing (a constant ratio 0)."""
+    training = inputs[2] if len(inputs) > 2 else None
+    if training is None:
+        return None
+    if training is DYNAMIC:
+        return "takes training_mode at run time, and training-mode dropout draws random masks"
+    ratio = inputs[1] if len(inputs) > 1 else None
+    if bool(training.reshape(-1)[0]) and not (ratio is not DYNAMIC and ratio is not None and float(ratio) == 0):
+        return "runs in training mode, whose random masks no seed reproduces outside onnxruntime"
+    return None
+
+
+@refuses(dropout_refusal)
 @register("Dropout")
 def dropout(x: torch.Tensor, ratio=None, training_mode=None, *, seed: int | None = None, is_test: int = 0,
             output_count: int = 1):
@@ -154,6 +191,8 @@ def gather_nd(x: torch.Tensor, indices: torch.Tensor, *, batch_dims: int = 0) ->
     return y.reshape(tuple(indices.shape[:-1]) + tuple(x.shape[b + k:]))
 
 
+@refuses(lambda inputs, reduction="none", **_: None if reduction in ("none", "add")
+         else f"has reduction '{reduction}', which the converter does not compute")
 @register("ScatterND", since=11)
 def scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, *,
                reduction: str = "none") -> torch.Tensor:
@@ -162,6 +201,9 @@ def scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, *,
         raise UnsupportedModel(f"ScatterND reduction '{reduction}' is not supported")
     idx = indices.to(device=x.device, dtype=torch.int64)
     return x.index_put(tuple(idx.unbind(-1)), updates, accumulate=reduction == "add")
+
+
+SCATTER_REDUCE = {"mul": "prod", "max": "amax", "min": "amin"}
 
 
 @register("ScatterElements", since=11)
@@ -173,6 +215,8 @@ def scatter_elements(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tens
         return torch.scatter(x, axis, idx, updates)
     if reduction == "add":
         return torch.scatter_add(x, axis, idx, updates)
+    if reduction in SCATTER_REDUCE:
+        return torch.scatter_reduce(x, axis, idx, updates, SCATTER_REDUCE[reduction], include_self=True)
     raise UnsupportedModel(f"ScatterElements reduction '{reduction}' is not supported")
 
 
@@ -226,10 +270,11 @@ def trilu(x: torch.Tensor, k=None, *, upper: int = 1) -> torch.Tensor:
 
 @register("TopK")
 def top_k(x: torch.Tensor, K=None, *, axis: int = -1, largest: int = 1, sorted: int = 1, k: int | None = None):
-    """The k largest (or smallest) values along `axis` and their int64 indices (k: attribute before opset 10)."""
+    """The k largest (or smallest) values along `axis` and their int64 indices (k: attribute before opset 10);
+    tied values come in ascending index order, as the spec and onnxruntime give them."""
     count = int(scalar(K, k))
-    values, indices = torch.topk(x, count, axis, bool(largest), bool(sorted))
-    return values, indices
+    order = torch.sort(x, dim=axis, descending=bool(largest), stable=True)  # ties keep ascending indices
+    return order.values.narrow(axis, 0, count), order.indices.narrow(axis, 0, count)
 
 
 def arg_extreme(fn, x: torch.Tensor, axis: int, keepdims: int, select_last_index: int) -> torch.Tensor:
