@@ -2,8 +2,9 @@
 QLinearConv, QLinearMatMul, MatMulInteger, ConvInteger.
 
 Forward values are onnxruntime's: round half to even, saturate to the integer type,
-accumulate exactly. Backward treats rounding and saturation as the identity (the
-straight-through estimator), so gradient methods run on int8 models. A quantised
+accumulate exactly. Backward treats rounding as the identity (the straight-through
+estimator) and passes no gradient where a value saturated, so gradient methods run on
+int8 models and a ReLU folded into a quantiser's range still gates the gradient. A quantised
 tensor that carries a gradient is held as a float tensor of integer values (autograd
 needs a float dtype); one that carries none has the exact integer dtype.
 """
@@ -41,12 +42,13 @@ def per_axis(value: torch.Tensor, like: torch.Tensor, axis: int, block_size: int
 
 
 def straight_through(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """q rounded half to even and saturated to `dtype`, with the identity as its gradient."""
+    """q rounded half to even and saturated to `dtype`. Backward: rounding is the identity, saturation is
+    not (zero gradient where q is clipped, as torch's fake_quantize), since quantisers often stand in for
+    a ReLU or ReLU6 that the quantiser folded into the zero point and range."""
     info = torch.iinfo(dtype)
-    rounded = q.detach().round().clamp(info.min, info.max)
     if not q.requires_grad:
-        return rounded.to(dtype)
-    return q + (rounded - q.detach())
+        return q.round().clamp(info.min, info.max).to(dtype)
+    return (q + (q.detach().round() - q.detach())).clamp(info.min, info.max)
 
 
 def as_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
