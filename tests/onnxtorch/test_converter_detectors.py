@@ -101,3 +101,14 @@ def test_detector_gradient_reaches_the_input():
         minus = module(x - eps * direction)[0]
     numeric = float((plus - minus) / (2 * eps))
     assert abs(numeric - float((grad * direction).sum())) <= 1e-4 * max(1.0, abs(numeric))
+
+
+def test_an_unsupported_op_inside_a_body_is_named_before_anything_runs():
+    proto = onnx.parser.parse_model('''<ir_version: 8, opset_import: ["" : 17]>
+g (float[2] x, bool c) => (float y) {
+    y = If(c) <then_branch = t () => (float a) { a = Relu(x) },
+               else_branch = e () => (float b) { b = Sigmoid(x) }>
+}''')
+    proto.graph.node[0].attribute[1].g.node[0].op_type = "NoSuchOp"
+    with pytest.raises(onnxtorch.UnsupportedOp, match=r"NoSuchOp \(opset 17, node '#0 -> b'\)"):
+        onnxtorch.to_torch(proto)

@@ -77,6 +77,18 @@ for reduction in ("add", "mul", "max", "min"):
     case(f"ScatterND-{reduction}", 18, f'y = ScatterND<reduction="{reduction}">(x, i, u)',
          {"x": r(4, 3, 2), "i": np.array([[1, 0], [3, 2], [1, 0], [-1, 1]]), "u": r(4, 2)})
 
+# Resize with antialias when downsampling: linear and cubic, exclude_outside, coordinate modes, mixed up/down
+AA_IMG = r(1, 2, 17, 13)
+for mode in ("linear", "cubic"):
+    for exclude in (0, 1):
+        for transform in ("half_pixel", "align_corners", "asymmetric", "pytorch_half_pixel"):
+            case(f"Resize-antialias-{mode}-exclude{exclude}-{transform}", 18,
+                 f'y = Resize<mode="{mode}", antialias=1, exclude_outside={exclude}, '
+                 f'coordinate_transformation_mode="{transform}">(x, , scales)', {"x": AA_IMG},
+                 inits="float[4] scales = {1.0, 1.0, 0.35, 0.6}")
+    case(f"Resize-antialias-{mode}-down-and-up", 18, f'y = Resize<mode="{mode}", antialias=1>(x, , , sizes)',
+         {"x": AA_IMG}, inits="int64[4] sizes = {1, 2, 5, 20}")
+
 # RMSNormalization and Attention (opset 23): 4-D and 3-D inputs, grouped heads, causal with a past, masks,
 # softcap and every qk_matmul_output_mode
 case("RMSNormalization-axis1", 23, "y = RMSNormalization<axis=1, epsilon=0.01>(x, s)", {"x": r(2, 3, 4), "s": r(3, 4)})
@@ -136,6 +148,10 @@ case("Loop-carried-and-scan", 17, LOOP_BODY, {"x": r(2, 3)}, "float y, float s",
 case("Loop-condition-stops", 17, "y, s = Loop(, t, x) <body = b (int64 i, bool ci, float v) => "
      "(bool co, float w, float u) {\n w = Mul(v, two)\n u = ReduceMax<keepdims=0>(w)\n co = Less(u, limit) }>",
      {"x": np.abs(r(2, 3)) + 0.1}, "float y, float s", "bool t = {1}, float two = {2.0}, float limit = {20.0}")
+case("Loop-with-If-inside", 17, "y = Loop(n, t, x) <body = b (int64 i, bool ci, float v) => (bool co, float w) {\n"
+     " co = Identity(ci)\n odd = Mod(i, two)\n c = Equal(odd, one)\n"
+     " w = If(c) <then_branch = t1 () => (float a) { a = Mul(v, x) }, else_branch = e1 () => (float b) "
+     "{ b = Add(v, x) }> }>", {"x": r(2, 3)}, inits="int64 n = {4}, bool t = {1}, int64 two = {2}, int64 one = {1}")
 case("Scan-directions-axes", 17, "h, ys = Scan<num_scan_inputs=1, scan_input_axes=[1], scan_input_directions=[1], "
      "scan_output_axes=[1], scan_output_directions=[1], body = b (float[2] hp, float[2] xt) => "
      "(float[2] hn, float[2] yt) {\n m = Mul(hp, w)\n hn = Add(m, xt)\n yt = Tanh(hn) }>(h0, x)",

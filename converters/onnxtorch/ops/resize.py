@@ -12,6 +12,7 @@ import torch
 
 from ..errors import UnsupportedModel
 from ..registry import register
+from .antialias import antialias_axis
 from .common import axis_list, floats, ints
 
 
@@ -77,10 +78,12 @@ def along(w: torch.Tensor, axis: int, rank: int, like: torch.Tensor) -> torch.Te
 
 def resize_axis(x: torch.Tensor, axis: int, out: int, scale: float, roi: tuple[float, float], mode: str,
                 transform: str, nearest_mode: str, cubic_coeff_a: float, exclude_outside: int,
-                extrapolation_value: float) -> torch.Tensor:
+                extrapolation_value: float, antialias: int = 0) -> torch.Tensor:
     """x resized along one axis."""
     size = x.shape[axis]
     coord = source_coordinates(out, size, scale, transform, roi)
+    if antialias and scale < 1 and mode != "nearest":
+        return antialias_axis(x, axis, coord, scale, mode, cubic_coeff_a, exclude_outside, transform)
     if mode == "nearest":
         idx = nearest_index(coord, nearest_mode, scale).clamp(0, size - 1)
         y = x.index_select(axis, idx.to(x.device))
@@ -124,15 +127,13 @@ def resize_core(x: torch.Tensor, scales: list[float] | None, sizes: list[int] | 
             scales = [o / i for o, i in zip(sizes, inputs)]
     else:
         sizes = [int(math.floor(i * s)) for i, s in zip(inputs, scales)]
-    if antialias and mode != "nearest" and any(s < 1 for s in scales):
-        raise UnsupportedModel("Resize with antialias when downsampling is not supported")
     n = len(axes)
     for k, (axis, out, scale) in enumerate(zip(axes, sizes, scales)):
         if out == x.shape[axis] and scale == 1.0 and transform != "tf_crop_and_resize":
             continue
         axis_roi = (roi[k], roi[k + n]) if roi else (0.0, 1.0)
         x = resize_axis(x, axis, out, scale, axis_roi, mode, transform, nearest_mode, cubic_coeff_a,
-                        exclude_outside, extrapolation_value)
+                        exclude_outside, extrapolation_value, antialias)
     return x
 
 
