@@ -200,7 +200,7 @@ def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
         elif attr.type == AttributeProto.GRAPH:  # If/Loop/Scan bodies: the module builds them
             values[attr.name] = attr.g
         elif attr.type == AttributeProto.GRAPHS:
-            raise UnsupportedModel(f"Node '{node.name}' ({node.op_type}) holds a subgraph, which the converter "
+            raise UnsupportedModel(f"Node '{node.name}' ({node.op_type}) holds a list of subgraphs, which the converter "
                                    "does not run.")
         else:
             value = onnx.helper.get_attribute_value(attr)
