@@ -199,8 +199,10 @@ def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
             values[attr.name] = to_torch_tensor(attr.t)
         elif attr.type == AttributeProto.SPARSE_TENSOR:
             values[attr.name] = sparse_to_dense(attr.sparse_tensor)
-        elif attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
-            raise UnsupportedModel(f"Node '{node.name}' ({node.op_type}) holds a subgraph, which the converter "
+        elif attr.type == AttributeProto.GRAPH:  # If/Loop/Scan bodies: the module builds them
+            values[attr.name] = attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            raise UnsupportedModel(f"Node '{node.name}' ({node.op_type}) holds a list of subgraphs, which the converter "
                                    "does not run.")
         else:
             value = onnx.helper.get_attribute_value(attr)

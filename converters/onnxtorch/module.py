@@ -23,6 +23,7 @@ from .graph import (NodeInfo, attribute_values, call_arguments, check_precision,
                     opset_versions, to_torch_tensor, topological_order)
 from .ops.activation import RELU_RULES, RULE_FUNCTIONS, SCALAR_INPUTS
 from .registry import lookup
+from .subgraph import build_bodies
 
 NO_TENSOR = 0  # slot that always holds None: missing optional inputs and dropped outputs
 
@@ -82,6 +83,7 @@ class OnnxModule(nn.Module):
         self._constants: dict[str, torch.Tensor] = {}
         self._relu_rule = "plain"
         self._plans: dict[tuple, Plan] = {}
+        self._model = model  # bodies of If/Loop/Scan take its opsets; only needed while building
 
         initializers = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
@@ -103,6 +105,7 @@ class OnnxModule(nn.Module):
                     self._producers[name] = info
             self._add_node(node, info, requires_grad)
         self._constants.clear()  # only needed while building
+        del self._model
 
     # --- building -------------------------------------------------------------------------------
 
@@ -134,6 +137,18 @@ class OnnxModule(nn.Module):
         attrs = attribute_values(node)
         kwargs = call_arguments(fn, node, attrs)
         inputs = list(node.input)
+        graphs = {k: v for k, v in kwargs.items() if isinstance(v, onnx.GraphProto)}
+        if graphs:  # If/Loop/Scan: each body becomes a submodule; outer-scope names are extra inputs
+            bodies, scope = build_bodies(graphs, self._model,
+                                         lambda proto: OnnxModule(proto, requires_grad=requires_grad))
+            for key, body in bodies.items():
+                module_key, n = f"{sanitise(info.name)}_{key}", 1
+                while hasattr(self, module_key):
+                    n += 1
+                    module_key = f"{sanitise(info.name)}_{key}_{n}"
+                self.add_module(module_key, body)
+            kwargs = {**kwargs, **bodies}
+            inputs += scope
         while inputs and not inputs[-1]:
             inputs.pop()
         if node.op_type == "Constant":
@@ -224,11 +239,15 @@ class OnnxModule(nn.Module):
         or "plain" (ordinary autograd)."""
         if rule not in RELU_RULES:
             raise ValueError(f"relu_rule must be one of {', '.join(RELU_RULES)}, not {rule!r}")
-        previous, self._relu_rule = self._relu_rule, rule
+        modules = [m for m in self.modules() if isinstance(m, OnnxModule)]  # with If/Loop/Scan bodies
+        previous = [m._relu_rule for m in modules]
+        for m in modules:
+            m._relu_rule = rule
         try:
             yield self
         finally:
-            self._relu_rule = previous
+            for m, rule_before in zip(modules, previous):
+                m._relu_rule = rule_before
 
     # --- running --------------------------------------------------------------------------------
 

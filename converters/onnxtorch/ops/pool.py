@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..errors import UnsupportedModel
 from ..checks import refuses
 from ..registry import register
-from .conv import resolve_pads, torch_pad_order
+from .conv import CONV, resolve_pads, torch_pad_order
 
 MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -70,6 +70,18 @@ def max_pool_refusal(inputs: list, *, output_count: int = 1, auto_pad: str = "NO
     return None
 
 
+def window_sum(padded: torch.Tensor, kernel, strides, dilations, sizes: list[int]) -> torch.Tensor:
+    """Sum of each dilated window of an already padded input (a depthwise conv with ones), `sizes` long;
+    windows that ceil_mode lets run past the end read zeros."""
+    n = len(kernel)
+    extra = [max(0, (o - 1) * s + (k - 1) * d + 1 - size)
+             for o, s, k, d, size in zip(sizes, strides, kernel, dilations, padded.shape[2:])]
+    padded = F.pad(padded, torch_pad_order([0] * n + extra))
+    channels = padded.shape[1]
+    weight = torch.ones((channels, 1) + tuple(kernel), dtype=padded.dtype, device=padded.device)
+    return crop_to(CONV[n](padded, weight, None, strides, 0, dilations, channels), sizes)
+
+
 @refuses(max_pool_refusal)
 @register("MaxPool")
 def max_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilations=None, kernel_shape=None,
@@ -96,22 +108,19 @@ def max_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, d
     return crop_to(MAX_POOL[n](x, kernel, strides, padding, dilations, bool(ceil_mode)), sizes)
 
 
-def dilation_refusal(inputs: list, *, dilations=None, **_) -> str | None:
-    """Dilated average and Lp pooling are not computed (yet): refused at build time."""
-    return "has dilations, which the converter does not compute for this pooling" \
-        if dilations and any(d != 1 for d in dilations) else None
-
-
-@refuses(dilation_refusal)
 @register("AveragePool")
 def average_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, count_include_pad: int = 0,
                  dilations=None, kernel_shape=None, pads=None, strides=None) -> torch.Tensor:
     """ONNX AveragePool; with explicit pads and count_include_pad=0 the divisor counts input cells only."""
     kernel, strides, dilations, pads = pool_geometry(x, kernel_shape, strides, dilations, pads, auto_pad)
-    if any(d != 1 for d in dilations):
-        raise UnsupportedModel("AveragePool with dilations is not supported")
     n = len(kernel)
     sizes = pool_output_sizes(x.shape[2:], kernel, strides, dilations, pads, bool(ceil_mode))
+    if any(d != 1 for d in dilations):
+        order = torch_pad_order(pads)
+        ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+        cells = F.pad(ones, order, value=1.0 if count_include_pad else 0.0)
+        return (window_sum(F.pad(x, order), kernel, strides, dilations, sizes)
+                / window_sum(cells, kernel, strides, dilations, sizes))
     pool = AVG_POOL[n]
     padding = direct_padding(pads, kernel, dilations)
     if padding is not None:
@@ -125,15 +134,15 @@ def average_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 
     return crop_to(y, sizes)
 
 
-@refuses(dilation_refusal)
 @register("LpPool")
 def lp_pool(x: torch.Tensor, *, auto_pad: str = "NOTSET", ceil_mode: int = 0, dilations=None, kernel_shape=None,
             p: int = 2, pads=None, strides=None) -> torch.Tensor:
     """ONNX LpPool: (sum over the window of |x|^p)^(1/p), zero pads."""
     kernel, strides, dilations, pads = pool_geometry(x, kernel_shape, strides, dilations, pads, auto_pad)
-    if any(d != 1 for d in dilations):
-        raise UnsupportedModel("LpPool with dilations is not supported")
     sizes = pool_output_sizes(x.shape[2:], kernel, strides, dilations, pads, bool(ceil_mode))
+    if any(d != 1 for d in dilations):
+        powered = F.pad(x.abs().pow(p), torch_pad_order(pads))
+        return window_sum(powered, kernel, strides, dilations, sizes).pow(1.0 / p)
     powered = F.pad(x.abs().pow(p), torch_pad_order(pads))
     if len(kernel) == 1:  # avg_pool1d has no divisor_override
         powered, kernel, strides = powered.unsqueeze(-1), kernel + [1], strides + [1]

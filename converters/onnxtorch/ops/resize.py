@@ -13,6 +13,7 @@ import torch
 from ..errors import UnsupportedModel
 from ..checks import DYNAMIC, refuses
 from ..registry import register
+from .antialias import antialias_axis
 from .common import axis_list, floats, ints
 
 
@@ -78,10 +79,12 @@ def along(w: torch.Tensor, axis: int, rank: int, like: torch.Tensor) -> torch.Te
 
 def resize_axis(x: torch.Tensor, axis: int, out: int, scale: float, roi: tuple[float, float], mode: str,
                 transform: str, nearest_mode: str, cubic_coeff_a: float, exclude_outside: int,
-                extrapolation_value: float) -> torch.Tensor:
+                extrapolation_value: float, antialias: int = 0) -> torch.Tensor:
     """x resized along one axis."""
     size = x.shape[axis]
     coord = source_coordinates(out, size, scale, transform, roi)
+    if antialias and scale < 1 and mode != "nearest":
+        return antialias_axis(x, axis, coord, scale, mode, cubic_coeff_a, exclude_outside, transform)
     if mode == "nearest":
         idx = nearest_index(coord, nearest_mode, scale).clamp(0, size - 1)
         y = x.index_select(axis, idx.to(x.device))
@@ -125,15 +128,13 @@ def resize_core(x: torch.Tensor, scales: list[float] | None, sizes: list[int] | 
             scales = [o / i for o, i in zip(sizes, inputs)]
     else:
         sizes = [int(math.floor(i * s)) for i, s in zip(inputs, scales)]
-    if antialias and mode != "nearest" and any(s < 1 for s in scales):
-        raise UnsupportedModel("Resize with antialias when downsampling is not supported")
     n = len(axes)
     for k, (axis, out, scale) in enumerate(zip(axes, sizes, scales)):
         if out == x.shape[axis] and scale == 1.0 and transform != "tf_crop_and_resize":
             continue
         axis_roi = (roi[k], roi[k + n]) if roi else (0.0, 1.0)
         x = resize_axis(x, axis, out, scale, axis_roi, mode, transform, nearest_mode, cubic_coeff_a,
-                        exclude_outside, extrapolation_value)
+                        exclude_outside, extrapolation_value, antialias)
     return x
 
 
@@ -142,17 +143,6 @@ def present(values: list | None) -> list | None:
     return values if values else None
 
 
-def antialias_refusal(inputs: list, *, antialias: int = 0, mode: str = "nearest", **_) -> str | None:
-    """Antialiased downsampling is not computed: refused unless constant scales show no axis shrinks."""
-    if not antialias or mode == "nearest":
-        return None
-    scales = inputs[2] if len(inputs) > 2 else None
-    if scales is not None and scales is not DYNAMIC and scales.numel() and bool((scales >= 1).all()):
-        return None
-    return "asks for antialiasing, which the converter does not compute when downsampling"
-
-
-@refuses(antialias_refusal)
 @register("Resize", since=11)
 def resize(x: torch.Tensor, roi=None, scales=None, sizes=None, *, antialias: int = 0, axes=None,
            coordinate_transformation_mode: str = "half_pixel", cubic_coeff_a: float = -0.75,

@@ -191,16 +191,26 @@ def gather_nd(x: torch.Tensor, indices: torch.Tensor, *, batch_dims: int = 0) ->
     return y.reshape(tuple(indices.shape[:-1]) + tuple(x.shape[b + k:]))
 
 
-@refuses(lambda inputs, reduction="none", **_: None if reduction in ("none", "add")
-         else f"has reduction '{reduction}', which the converter does not compute")
 @register("ScatterND", since=11)
 def scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, *,
                reduction: str = "none") -> torch.Tensor:
-    """Copy of x with the slices addressed by `indices` replaced by (or, reduction='add', added to) updates."""
-    if reduction not in ("none", "add"):
-        raise UnsupportedModel(f"ScatterND reduction '{reduction}' is not supported")
+    """Copy of x with the slices addressed by `indices` replaced by updates, or combined with them
+    (reduction add, mul, max, min)."""
     idx = indices.to(device=x.device, dtype=torch.int64)
-    return x.index_put(tuple(idx.unbind(-1)), updates, accumulate=reduction == "add")
+    if reduction in ("none", "add"):
+        return x.index_put(tuple(idx.unbind(-1)), updates, accumulate=reduction == "add")
+    if reduction not in SCATTER_REDUCE:
+        raise UnsupportedModel(f"ScatterND reduction '{reduction}' is not supported")
+    k = idx.shape[-1]
+    strides = torch.tensor([int(torch.tensor(x.shape[i + 1:k]).prod()) for i in range(k)], device=x.device)
+    flat_index = ((idx % torch.tensor(x.shape[:k], device=x.device)) * strides).sum(-1).reshape(-1)
+    flat = x.reshape(int(torch.tensor(x.shape[:k]).prod()), -1)
+    rows = updates.reshape(flat_index.shape[0], flat.shape[1]).to(x.dtype)
+    where = flat_index[:, None].expand(rows.shape)
+    return flat.scatter_reduce(0, where, rows, SCATTER_REDUCE[reduction]).reshape(x.shape)
+
+
+SCATTER_REDUCE = {"mul": "prod", "max": "amax", "min": "amin"}
 
 
 SCATTER_REDUCE = {"mul": "prod", "max": "amax", "min": "amin"}
