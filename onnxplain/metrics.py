@@ -114,7 +114,9 @@ def deletion_insertion(explainer: "Explainer", x: np.ndarray, saliency: np.ndarr
     start = baseline(x, insertion_baseline, explainer.preprocess, layout)
     inputs = np.concatenate([np.where(masks, removed[None], x[None]), np.where(masks, x[None], start[None])])
     output = explainer.output_name(output)
-    scores = ClassTarget(output, index=int(target), probability=probability).score(
+    info = explainer.task.output(output) if hasattr(explainer, "task") else None
+    scores = ClassTarget(output, index=int(target), probability=probability,
+                         normalised=bool(info and info.normalised)).score(
         explainer.run(inputs.astype(np.float32), [output]))
     scores = np.asarray(scores, np.float64)
     deletion, insertion = scores[:steps + 1], scores[steps + 1:]
@@ -515,7 +517,9 @@ def image_drift(a: "Explainer", b: "Explainer", image, methods: Sequence[str] = 
     pred_a, pred_b = a.predict(batch_a, top=top)[0], b.predict(batch_b, top=top)[0]
     top_a = tuple(t[0] for t in pred_a.top)
     scores_b = b.forward(batch_b)[b.output_name(None)].reshape(-1)
-    prob_b = float(_softmax(scores_b)[top_a[0]]) if top_a[0] < scores_b.size else float("nan")
+    info_b = b.task.output(b.output_name(None)) if hasattr(b, "task") else None
+    probs_b = scores_b if info_b is not None and info_b.normalised else _softmax(scores_b)
+    prob_b = float(probs_b[top_a[0]]) if top_a[0] < scores_b.size else float("nan")
     spearmans, ssims = {}, {}
     for method in methods:
         uses_layer = registry.get(method).uses_layer
