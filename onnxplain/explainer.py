@@ -89,8 +89,10 @@ class Explainer:
         if self.task.layout.source == "option":
             self.spec = replace(self.spec, layout=self.task.layout.value)
         task = self.task
-        self.preprocess = preset(preprocess if isinstance(preprocess, Preprocess) else task.preset.value,
-                                 size=task.input_size.value, resize=task.resize.value, order=task.order.value)
+        given = isinstance(preprocess, Preprocess)  # a Preprocess given whole keeps its resize and order
+        self.preprocess = preset(preprocess if given else task.preset.value, size=task.input_size.value,
+                                 resize=task.resize.value if not given or task.resize.source == "option" else None,
+                                 order=task.order.value if not given or task.order.source == "option" else None)
         self.labels = read_labels(labels if labels is not None else self._metadata_labels())
         if self.labels is None and isinstance(task.labels.value, list):
             self.labels = task.labels.value

@@ -187,8 +187,12 @@ def understand(model: "Model", input_size: Any = None, resize: str | None = None
         model.probe_size = size.value  # before the first probe: symbolic dims are run at the model's own size
     task = Task(exporter, size, _layout(model, layout), *_preprocessing(meta, exporter, preset, resize, order),
                 _labels(model, meta, labels), dictionary, _detector(meta, exporter, detector))
-    return replace(task, outputs=regression_beside_probabilities(
+    task = replace(task, outputs=regression_beside_probabilities(
         [classify_output(model, o.name, task) for o in model.outputs]))
+    kind = task.output(task.default_output).kind if task.default_output else ""
+    if task.resize.value is None and kind in ("dense map", "detection rows", "detection scores"):
+        task = replace(task, resize=Fact("letterbox", f"guessed (a {kind} must see the whole image)"))
+    return task
 
 
 def regression_beside_probabilities(outputs: list[OutputInfo]) -> tuple[OutputInfo, ...]:
