@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import autolayer
 from . import methods as method_registry
 from .devices import plan_devices
 from .errors import DeviceError, ImageError, MethodError, UserError
@@ -21,7 +22,9 @@ from .memory import per_image_bytes
 from .numeric import softmax
 from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
 from .surgery import Split, split
+from .mapcheck import map_warnings
 from .targets import BoxLayout, Context, Target, resolve
+from .task import understand
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,12 @@ class Prediction:
     image_name: str
     output: str
     top: list[tuple[int, str, float, float]]  # (index, name, score, probability)
+    text: str | None = None  # a text recogniser's greedy-decoded text
 
     def as_dict(self) -> dict:
-        return {"image": self.image_name, "output": self.output,
-                "top": [{"index": i, "name": n, "score": s, "probability": p} for i, n, s, p in self.top]}
+        found = {"image": self.image_name, "output": self.output,
+                 "top": [{"index": i, "name": n, "score": s, "probability": p} for i, n, s, p in self.top]}
+        return found if self.text is None else {**found, "text": self.text}
 
 
 def read_labels(source: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
@@ -71,9 +76,12 @@ class Explainer:
     def __init__(self, model: str | os.PathLike | bytes | Model, preprocess: str | Preprocess | None = None,
                  device: str = "auto", labels: str | os.PathLike | Sequence[str] | None = None,
                  batch_size: int = 32, quiet: bool = False, input_name: str | None = None,
-                 input_size: tuple[int, int] | None = None, engine: str = "auto"):
-        self.model = Model.load(model, probe_size=input_size)
-        meta = self.model.metadata
+                 input_size: tuple[int, int] | str | None = None, engine: str = "auto", resize: str | None = None,
+                 order: str | None = None, layout: str | None = None, detector: str | None = None):
+        self.model = Model.load(model)
+        self.task = understand(self.model, input_size, resize, order, layout, detector,
+                               preprocess if isinstance(preprocess, str) else None,
+                               labels if isinstance(labels, (list, tuple)) else None)
         self.input = next((i for i in self.model.inputs if i.name == input_name), self.model.inputs[0]) \
             if self.model.inputs else None
         if self.input is None:
@@ -81,8 +89,16 @@ class Explainer:
         if input_name and self.input.name != input_name:
             raise UserError(f"The model has no input named '{input_name}'.")
         self.spec = InputSpec.from_shape(self.input.name, self.input.shape)
-        self.preprocess = preset(preprocess or meta.get("onnxplain.preset", "imagenet"), size=input_size)
+        if self.task.layout.source == "option":
+            self.spec = replace(self.spec, layout=self.task.layout.value)
+        task = self.task
+        given = isinstance(preprocess, Preprocess)  # a Preprocess given whole keeps its resize and order
+        self.preprocess = preset(preprocess if given else task.preset.value, size=task.input_size.value,
+                                 resize=task.resize.value if not given or task.resize.source == "option" else None,
+                                 order=task.order.value if not given or task.order.source == "option" else None)
         self.labels = read_labels(labels if labels is not None else self._metadata_labels())
+        if self.labels is None and isinstance(task.labels.value, list):
+            self.labels = task.labels.value
         plan = plan_devices(device, engine, self._convertible)
         if plan.note:
             log.warning(plan.note)
@@ -161,7 +177,7 @@ class Explainer:
     def output_name(self, output: str | None) -> str:
         names = [o.name for o in self.model.outputs]
         if output is None:
-            return names[0]
+            return self.task.default_output or names[0]
         if output not in names:
             raise UserError(f"The model has no output named '{output}' (outputs: {', '.join(names)}).")
         return output
@@ -170,7 +186,10 @@ class Explainer:
         """The model split at `layer` and a runtime for its tail (on the explainer's engine), built once per layer."""
         if layer not in self._splits:
             cut = split(self.model.proto, layer)
-            self._splits[layer] = (cut, self._runtime(cut.tail, self.runtime.batch_size))
+            tail = self._runtime(cut.tail, self.runtime.batch_size)
+            if self.runtime.fixed_batch == 1:  # a static-batch export bakes batch 1 into its Reshape constants
+                tail.fixed_batch = 1
+            self._splits[layer] = (cut, tail)
         return self._splits[layer]
 
     @functools.cached_property
@@ -204,14 +223,35 @@ class Explainer:
         """Top-k classes with names (when labels are known) and probabilities for each image."""
         batch = self.prepare(images)
         output = self.output_name(output)
-        scores = self.forward(batch)[output].reshape(len(batch), -1)
+        info = self.task.output(output)
+        value = self.forward(batch)[output]
+        if info is not None and info.kind in ("sequence", "detection rows", "detection scores", "dense map"):
+            return [self._predict_structured(name, output, info, v, top) for name, v in zip(batch.names, value)]
+        scores = value.reshape(len(batch), -1)
         results = []
         for name, row in zip(batch.names, scores):
-            probs = softmax(row)
+            probs = row if info is not None and info.normalised else softmax(row)
             order = np.argsort(-row)[:top]
             results.append(Prediction(name, output, [(int(i), self.label(int(i)), float(row[i]), float(probs[i]))
                                                      for i in order]))
         return results
+
+    def _predict_structured(self, name: str, output: str, info, value: np.ndarray, top: int) -> Prediction:
+        """Decoded text (sequence), the best boxes' classes (detection) or the map's peak (dense map)."""
+        if info.kind == "sequence":
+            from .sequence import greedy_decode
+            text, steps = greedy_decode(value, self.task.dictionary.value)
+            return Prediction(name, output, [(c, self.label(c) if not self.task.dictionary.value else
+                                              self.task.dictionary.value[c], float(value[t, c]), float(value[t, c]))
+                                             for t, c in steps[:top]], text=text)
+        if info.kind == "dense map":
+            peak = float(value[-1].max())
+            return Prediction(name, output, [(int(value.shape[0] - 1), "", peak, peak)])
+        scores = info.box_layout.class_scores(info.box_layout.rows(value[None])[0])
+        best = scores.max(axis=1)
+        rows = np.argsort(-best)[:top]
+        return Prediction(name, output, [(int(scores[r].argmax()), self.label(int(scores[r].argmax())),
+                                          float(best[r]), float(best[r])) for r in rows])
 
     def label(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else ""
@@ -229,19 +269,26 @@ class Explainer:
         method_params = cls.make_params(**params)
         batch = self.prepare(images)
         output = self.output_name(output)
-        layer_name = self.model.resolve_layer(layer, output) if cls.uses_layer else None
+        info = self.task.output(output)
+        auto = cls.uses_layer and layer in (None, "", "auto")
+        layer_name = self.model.resolve_layer(layer, output) if cls.uses_layer and not auto else None
         if layer_name is not None and cls.engine == "ort":
             self.model.spatial_info(layer_name)
-        exposed = [layer_name] if layer_name is not None and cls.engine == "ort" else []
-        outputs = self.forward(batch, exposed)
+        outputs = self.forward(batch)
         context = Context(outputs, output, self.labels, probability, batch.pixel_maps, batch.hw,
-                          box_layout or BoxLayout())
+                          box_layout or (info.box_layout if info is not None and info.box_layout else BoxLayout()),
+                          kind=info.kind if info is not None else "", normalised=bool(info and info.normalised),
+                          dictionary=self.task.dictionary.value)
         per_image = resolve(target, context)
         index = [i for i, targets in enumerate(per_image) for _ in targets]
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
         work = batch if len(index) == len(batch) else batch.select(index)
+        why = None
+        if auto:
+            layer_name, why = autolayer.choose(self, work, output, flat_targets, probe=True)
         raw = self._run_method(cls(method_params), work, flat_targets, layer_name)
-        return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], raw.extras[i], output)
+        extras = [{**e, "auto_layer": why} if why else e for e in raw.extras]
+        return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], extras[i], output)
                 for i, t in enumerate(flat_targets)]
 
     def explain_bytes(self, image_bytes: bytes, method: str = "grad-cam", **kwargs) -> list[Attribution]:
@@ -273,5 +320,5 @@ class Explainer:
         return Attribution(method=cls.name, params=asdict(params), target=target.describe(), layer=layer,
                            raw=raw, upsampled=upsampled, heatmap=batch.pixel_maps[i].to_original(upsampled),
                            scores=batch.cache[output][i], image=batch.originals[i],
-                           image_name=batch.names[i], extras=extras)
+                           image_name=batch.names[i], extras=extras, warnings=tuple(map_warnings(raw)))
 

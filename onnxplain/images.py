@@ -150,7 +150,7 @@ def _geometry(original_hw: tuple[int, int], size: tuple[int, int], pre: Preproce
         sx = sy = s
         tx, ty = (w - ow * s) / 2, (h - oh * s) / 2
     elif pre.resize == "crop":
-        s = max(h, w) * pre.resize_shorter / min(oh, ow)
+        s = max(h / oh, w / ow) * pre.resize_shorter  # the crop covers the model's aspect ratio
         rh, rw = round(oh * s), round(ow * s)
         sx, sy = rw / ow, rh / oh
         tx, ty = -float((rw - w) // 2), -float((rh - h) // 2)

@@ -51,6 +51,7 @@ class ClassTarget(Target):
     index: int = 0
     name: str = ""
     probability: bool = False
+    normalised: bool = False  # the output already holds probabilities (the graph ends in Softmax/Sigmoid)
 
     @property
     def label(self) -> str:
@@ -59,7 +60,7 @@ class ClassTarget(Target):
     def score(self, outputs: Outputs):
         value = outputs[self.output]
         flat = value.reshape(len(value), -1)
-        if self.probability:
+        if self.probability and not self.normalised:
             flat = _softmax(flat)
         return flat[:, self.index]
 
@@ -79,6 +80,7 @@ class BoxLayout:
     box_format: str = "cxcywh"
     objectness: bool = False
     normalised: bool = False
+    boxes_output: str | None = None  # SSD-style: boxes (N, A, 4) in this output, class scores in the explained one
 
     def rows(self, value):
         """(N, boxes, values) whatever the axis order."""
@@ -96,6 +98,8 @@ class BoxLayout:
         return b
 
     def class_scores(self, rows):
+        if self.boxes_output:
+            return rows
         start = 5 if self.objectness else 4
         scores = rows[..., start:]
         return scores * rows[..., 4:5] if self.objectness else scores
@@ -172,6 +176,9 @@ class Context:
     pixel_maps: Sequence[Any] = ()       # images.PixelMap per image (original -> model input)
     input_hw: tuple[int, int] = (0, 0)
     box_layout: BoxLayout = field(default_factory=BoxLayout)
+    kind: str = ""                   # the output's kind (task.OutputInfo.kind); "" when not known
+    normalised: bool = False         # the output already holds probabilities
+    dictionary: Sequence[str] | None = None  # a text recogniser's classes (CTC blank at 0)
 
 
 TargetSpec = Any  # "predicted" | int | "topK" | name | "box:..." | "region:..." | list per image | Target | callable
@@ -197,6 +204,17 @@ def resolve_one(spec: TargetSpec, context: Context, i: int) -> list[Target]:
         return [box_target(text[4:], context, i)]
     if text.startswith("region:"):
         return [region_target(text[7:], context, i)]
+    if text.startswith("char:") or (text == "predicted" and context.kind == "sequence"):
+        from .sequence import sequence_target
+        return [sequence_target(text, context, i)]
+    if text == "predicted" and context.kind in ("detection rows", "detection scores"):
+        return [box_target("#0", context, i)]
+    if text == "predicted" and context.kind == "dense map":
+        return [predicted_region(context, i)]
+    from .task import FITTING
+    if context.kind in FITTING:
+        raise TargetError(f"Output '{context.output}' holds {context.kind}, not class scores, so target '{text}' "
+                          f"does not fit; use {FITTING[context.kind]}.")
     return class_targets(text, context, i)
 
 
@@ -212,7 +230,8 @@ def class_targets(text: str, context: Context, i: int) -> list[ClassTarget]:
             raise TargetError(f"Target class {index} is out of range: output '{context.output}' has {classes} "
                               f"classes (0..{classes - 1}).")
         name = labels[index] if labels and index < len(labels) else ""
-        return ClassTarget(context.output, index=int(index), name=name, probability=context.probability)
+        return ClassTarget(context.output, index=int(index), name=name, probability=context.probability,
+                           normalised=context.normalised)
 
     if text in ("predicted", "top1"):
         return [make(int(np.argmax(row)))]
@@ -248,19 +267,21 @@ def box_target(text: str, context: Context, i: int) -> BoxTarget:
                           "(N, boxes, values); choose the detector's raw output with --output.")
     rows = layout.rows(value)[i]
     scores = layout.class_scores(rows)
+    boxes_of = (lambda r: context.outputs[layout.boxes_output][i][r]) if layout.boxes_output else \
+        (lambda r: layout.boxes_xyxy(rows[r], context.input_hw))
     if scores.shape[-1] < 1:
         raise TargetError(f"Output '{context.output}' rows have no class scores after the box columns.")
     spec, _, cls = text.partition(":")
     if spec.startswith("#"):
         rank = int(spec[1:])
         row = int(np.argsort(-scores.max(axis=1))[rank])
-        box = tuple(layout.boxes_xyxy(rows[row:row + 1], context.input_hw)[0])
+        box = tuple(boxes_of(slice(row, row + 1))[0])
     else:
         coords = _numbers(spec, "box")
         if len(coords) != 4:
             raise TargetError(f"Box '{spec}' needs four numbers x1,y1,x2,y2.")
         box = context.pixel_maps[i].box_to_input(coords) if context.pixel_maps else tuple(coords)
-        ious = _iou(np.asarray(box), layout.boxes_xyxy(rows, context.input_hw))
+        ious = _iou(np.asarray(box), np.asarray(boxes_of(slice(None)), np.float64))
         row = int(np.argmax(ious))
         if ious[row] <= 0:
             raise TargetError(f"No detection row overlaps box {spec}; check the box and the output layout.")
@@ -290,6 +311,17 @@ def region_target(text: str, context: Context, i: int) -> RegionTarget:
         raise TargetError(f"Region '{spec}' needs four numbers x1,y1,x2,y2.")
     box = context.pixel_maps[i].box_to_input(coords) if context.pixel_maps else tuple(coords)
     return region_from_box(context.output, value.shape, box, context.input_hw, int(channel) if channel else None)
+
+
+def predicted_region(context: Context, i: int) -> RegionTarget:
+    """The pixels a dense output marks (last channel above 0.5 for probabilities, 0 for logits), or its peak."""
+    value = np.asarray(context.outputs[context.output][i])
+    channel = value.shape[0] - 1
+    plane = value[channel]
+    mask = plane > (0.5 if context.normalised else 0.0)
+    if not mask.any():
+        mask = plane >= plane.max()
+    return RegionTarget(context.output, channel=channel, mask=mask)
 
 
 def region_from_box(output: str, shape: Sequence[int], box: Sequence[float], input_hw: tuple[int, int],

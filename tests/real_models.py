@@ -61,6 +61,14 @@ def ppocr_det() -> Path:
     return unpack("rapidocr-onnxruntime") / "rapidocr_onnxruntime" / "models" / "ch_PP-OCRv4_det_infer.onnx"
 
 
+def ppocr_rec() -> Path:
+    """PP-OCRv4 text recogniser (Paddle export): N x 3 x 48 x W -> N x T x 6625 softmax (CTC, blank at 0).
+
+    Its 6623-entry dictionary is the `character` metadata entry (newline-separated); a space ends it.
+    """
+    return unpack("rapidocr-onnxruntime") / "rapidocr_onnxruntime" / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+
+
 def _mtcnn_classes() -> dict:
     """PNet/RNet/ONet classes from facenet-pytorch's source, without importing the package (torchvision)."""
     source = (unpack("facenet-pytorch") / "facenet_pytorch" / "models" / "mtcnn.py").read_text()

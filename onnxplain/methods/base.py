@@ -121,6 +121,7 @@ class Attribution:
     image: np.ndarray        # the original RGB image
     image_name: str = ""
     extras: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # why the map cannot be read (all zero, constant, non-finite), one sentence each
 
     def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
         """The heatmap blended over the original image (RGB uint8)."""
@@ -136,7 +137,8 @@ class Attribution:
         """JSON-ready description (no arrays)."""
         return {"method": self.method, "params": _jsonable(self.params), "target": _jsonable(self.target),
                 "layer": self.layer, "image": self.image_name, "raw_shape": list(self.raw.shape),
-                "extras": _jsonable({k: v for k, v in self.extras.items() if not isinstance(v, np.ndarray)})}
+                "extras": _jsonable({k: v for k, v in self.extras.items() if not isinstance(v, np.ndarray)}),
+                "warnings": list(self.warnings)}
 
 
 def _jsonable(value: Any) -> Any:

@@ -92,7 +92,9 @@ def deletion_insertion(explainer: "Explainer", x: np.ndarray, saliency: np.ndarr
     start = baseline(x, insertion_baseline, explainer.preprocess, layout)
     inputs = np.concatenate([np.where(masks, removed[None], x[None]), np.where(masks, x[None], start[None])])
     output = explainer.output_name(output)
-    scores = ClassTarget(output, index=int(target), probability=probability).score(
+    info = explainer.task.output(output)
+    normalised = bool(info is not None and info.normalised)
+    scores = ClassTarget(output, index=int(target), probability=probability, normalised=normalised).score(
         explainer.run(inputs.astype(np.float32), [output]))
     scores = np.asarray(scores, np.float64)
     deletion, insertion = scores[:steps + 1], scores[steps + 1:]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..numeric import softmax
 from .similarity import similarity
 
 if TYPE_CHECKING:
@@ -93,7 +94,9 @@ def image_drift(a: "Explainer", b: "Explainer", image, methods: Sequence[str] = 
     pred_a, pred_b = a.predict(batch_a, top=top)[0], b.predict(batch_b, top=top)[0]
     top_a = tuple(t[0] for t in pred_a.top)
     scores_b = b.forward(batch_b)[b.output_name(None)].reshape(-1)
-    prob_b = float(_softmax(scores_b)[top_a[0]]) if top_a[0] < scores_b.size else float("nan")
+    info_b = b.task.output(b.output_name(None))
+    probs_b = scores_b if info_b is not None and info_b.normalised else softmax(scores_b)
+    prob_b = float(probs_b[top_a[0]]) if top_a[0] < scores_b.size else float("nan")
     spearmans, ssims = {}, {}
     for method in methods:
         uses_layer = registry.get(method).uses_layer
@@ -116,7 +119,3 @@ def drift(a: "Explainer", b: "Explainer", images: Sequence, methods: Sequence[st
                for image in progress(list(images), desc="drift", quiet=a.quiet)]
     return DriftResult(tuple(sorted(results, key=ImageDrift.drift_key)))
 
-
-def _softmax(row: np.ndarray) -> np.ndarray:
-    e = np.exp(row - row.max())
-    return e / e.sum()
