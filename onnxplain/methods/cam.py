@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .. import graph
 from ..errors import MethodError
 from ..targets import ClassTarget
 from . import register
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 AFTER_LOGITS = PASS_THROUGH | {"Softmax", "LogSoftmax", "Sigmoid"}
-SIDE_BRANCH = {"Shape", "Size"}  # legacy exports compute Reshape targets from the pooled tensor's shape
 
 
 @dataclass(frozen=True)
@@ -35,36 +35,16 @@ class LinearHead:
         return f"{self.pool} -> {self.linear}"
 
 
-def _consumers(model: "Model", name: str) -> list[onnx.NodeProto]:
-    return [n for n in model.consumers.get(name, []) if n.op_type not in SIDE_BRANCH]
-
-
-def _ints(model: "Model", node: onnx.NodeProto, attribute: str, input_index: int) -> list[int] | None:
-    """An int list from an attribute, or from a constant input (opset 18+ moved ReduceMean's axes there)."""
-    for attr in node.attribute:
-        if attr.name == attribute:
-            return list(onnx.helper.get_attribute_value(attr))
-    if len(node.input) > input_index and node.input[input_index]:
-        value = model.weights.get(node.input[input_index])
-        if value is not None:
-            return [int(v) for v in np.ravel(value)]
-    return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _path_after(model: "Model", layer: str, steps: int = 4) -> str:
     """The ops that follow `layer` (first consumer each time), for error messages."""
     ops, name = [], layer
     for _ in range(steps):
-        nodes = _consumers(model, name)
+        nodes = graph.readers(model, name)
         if not nodes:
             break
         ops.append(nodes[0].op_type if len(nodes) == 1 else "{" + ", ".join(n.op_type for n in nodes) + "}")
         name = nodes[0].output[0]
-    more = " -> ..." if name and _consumers(model, name) else ""
+    more = " -> ..." if name and graph.readers(model, name) else ""
     return " -> ".join(ops) + more if ops else "no consumer (the layer is an output)"
 
 
@@ -81,12 +61,12 @@ def _pooled_axes(model: "Model", pool: onnx.NodeProto, info: "TensorInfo", order
     if pool.op_type in ("GlobalAveragePool", "GlobalMaxPool") and rank == 4:
         return {order[2], order[3]}
     if pool.op_type in ("AveragePool", "MaxPool") and rank == 4 and len(pool.output) == 1:
-        window = tuple(_attr(pool, "kernel_shape", ()))  # a window as large as the map is global pooling
-        if window == (info.shape[order[2]], info.shape[order[3]]) and not any(_attr(pool, "pads", ())) \
-                and _attr(pool, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"):
+        window = tuple(graph.attr_ints(pool, "kernel_shape", ()))  # a window as large as the map is global pooling
+        if window == (info.shape[order[2]], info.shape[order[3]]) and not any(graph.attr_ints(pool, "pads", ())) \
+                and graph.attr_str(pool, "auto_pad", "NOTSET") in ("NOTSET", "VALID"):
             return {order[2], order[3]}
     if pool.op_type in ("ReduceMean", "ReduceMax"):
-        axes = _ints(model, pool, "axes", 1)
+        axes = graph.ints(model, pool, "axes", 1)
         return {order[a % rank] for a in axes} if axes else None
     return None
 
@@ -97,30 +77,30 @@ def find_head(model: "Model", layer: str) -> LinearHead:
     fail = MethodError(f"CAM needs global pooling then a linear layer after the layer '{layer}'; found "
                        f"{_path_after(model, layer)}; use grad-cam or score-cam instead.")
     name, order = layer, list(range(len(info.shape)))
-    nodes = _consumers(model, name)
+    nodes = graph.readers(model, name)
     while len(nodes) == 1 and nodes[0].op_type in ("Identity", "Dropout", "Transpose"):
         if nodes[0].op_type == "Transpose":  # tf2onnx writes NCHW -> NHWC before pooling
-            order = [order[p] for p in _attr(nodes[0], "perm", range(len(order) - 1, -1, -1))]
+            order = [order[p] for p in graph.attr_ints(nodes[0], "perm", range(len(order) - 1, -1, -1))]
         name = nodes[0].output[0]
-        nodes = _consumers(model, name)
+        nodes = graph.readers(model, name)
     if len(nodes) != 1 or _pooled_axes(model, nodes[0], info, order) != _spatial_axes(info):
         raise fail
     pool = nodes[0]
     name = pool.output[0]
-    nodes = _consumers(model, name)
+    nodes = graph.readers(model, name)
     while len(nodes) == 1 and nodes[0].op_type in PASS_THROUGH and nodes[0].input[0] == name:
         name = nodes[0].output[0]
-        nodes = _consumers(model, name)
+        nodes = graph.readers(model, name)
     if len(nodes) != 1 or nodes[0].input[0] != name:
         raise fail
     linear = nodes[0]
     weight = model.weights.get(linear.input[1]) if len(linear.input) > 1 else None
-    if linear.op_type == "Gemm" and weight is not None and weight.ndim == 2 and not _attr(linear, "transA", 0):
-        weights = (weight if _attr(linear, "transB", 0) else weight.T) * _attr(linear, "alpha", 1.0)
+    if linear.op_type == "Gemm" and weight is not None and weight.ndim == 2 and not graph.attr_int(linear, "transA", 0):
+        weights = (weight if graph.attr_int(linear, "transB", 0) else weight.T) * graph.attr_float(linear, "alpha", 1.0)
     elif linear.op_type == "MatMul" and weight is not None and weight.ndim == 2:
         weights = weight.T
     elif linear.op_type == "Conv" and weight is not None and weight.ndim == 4 and weight.shape[2:] == (1, 1) \
-            and _attr(linear, "group", 1) == 1:
+            and graph.attr_int(linear, "group", 1) == 1:
         weights = weight[:, :, 0, 0]
     else:
         raise fail

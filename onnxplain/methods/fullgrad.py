@@ -14,50 +14,14 @@ per-map scaling turns into zero, so they are left out, as pytorch-grad-cam leave
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import numpy as np
-import onnx
 import torch
 
+from ..graph import bias_layers
 from . import register
 from .base import Method, NoParams, RawMaps
 from .layout import input_to_nchw_torch
 from .perturb import batches
 from .torch_common import gradients, minmax, numpy_maps, to_tensor, upsample
-
-if TYPE_CHECKING:
-    from ..model import Model
-
-
-@dataclass(frozen=True)
-class Bias:
-    """A bias added by one node: the tensor it is added into (N, C, h, w) and the bias values (C,)."""
-    tensor: str
-    values: np.ndarray
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def bias_layers(model: "Model") -> list[Bias]:
-    """Every Conv/ConvTranspose with a constant bias and every BatchNormalization (effective bias) whose output
-    is a 4-D map, in graph order."""
-    found = []
-    for node in model.proto.graph.node:
-        out = node.output[0] if node.output else ""
-        info = model.tensors.get(out)
-        if info is None or info.shape is None or len(info.shape) != 4:
-            continue
-        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 2 and node.input[2] in model.weights:
-            found.append(Bias(out, np.array(model.weights[node.input[2]], np.float32).reshape(-1)))
-        elif node.op_type == "BatchNormalization" and all(name in model.weights for name in node.input[1:5]):
-            scale, shift, mean, var = (np.asarray(model.weights[name], np.float64) for name in node.input[1:5])
-            eps = _attr(node, "epsilon", 1e-5)
-            found.append(Bias(out, (shift - mean * scale / np.sqrt(var + eps)).astype(np.float32)))
-    return found
 
 
 @register
