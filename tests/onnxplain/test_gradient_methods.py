@@ -109,7 +109,8 @@ def test_cam_family_fullgrad_guided_match_pytorch_grad_cam(name, kind, exported)
     layer = explainer.model.auto_layer()[0]
     np.testing.assert_allclose(explainer.forward(batch, [layer])[layer], ref["act"], atol=1e-5)  # same tensor
     for method in (*CAMS, "fullgrad", "guided-backprop"):
-        results = explainer.explain(batch, method=method, target=targets, layer=layer)
+        params = {"mode": "pytorch-grad-cam"} if method == "fullgrad" else {}
+        results = explainer.explain(batch, method=method, target=targets, layer=layer, **params)
         for i, attribution in enumerate(results):
             if method == "guided-backprop":  # the colour gradient, as pytorch-grad-cam returns it (H, W, C)
                 ours = attribution.extras["gradient"].transpose(1, 2, 0)
