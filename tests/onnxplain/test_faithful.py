@@ -78,3 +78,20 @@ def test_fullgrad_completeness_on_effnet_lite0(effnet):
     assert check["output"] > 5 and a.extras["bias_terms"]["Clip"] > 1.0
     [legacy] = explainer.explain(skimage.data.chelsea(), method="fullgrad", mode="pytorch-grad-cam")
     assert legacy.raw.max() <= 1.0 + 1e-6 and not np.allclose(legacy.raw, a.raw / a.raw.max(), atol=1e-2)
+
+
+# ---- Smooth Grad-CAM++ ------------------------------------------------------------------------------
+def test_smooth_grad_cam_pp_warns_where_smoothing_cannot_change_the_map(effnet):
+    """At EfficientNet-Lite0's last map (GAP then Gemm) the logit's gradient is constant: a warning, and the map
+    equals n=0's; at an inner layer the gradient varies and no warning is given."""
+    import skimage.data
+    explainer = Explainer(effnet, device="cpu", quiet=True)
+    photo = skimage.data.chelsea()
+    layer = explainer.model.auto_layer()[0]
+    [smooth] = explainer.explain(photo, method="smooth-grad-cam++", layer=layer, n=3, batch_size=3, target=281)
+    [plain] = explainer.explain(photo, method="smooth-grad-cam++", layer=layer, n=0, target=281)
+    assert "smoothing cannot change the map" in smooth.extras["warnings"][0]
+    np.testing.assert_allclose(smooth.raw, plain.raw, rtol=1e-4, atol=1e-6 * plain.raw.max())
+    inner = "/_blocks.15/_project_conv/Conv_output_0"
+    [varying] = explainer.explain(photo, method="smooth-grad-cam++", layer=inner, n=2, batch_size=2, target=281)
+    assert "warnings" not in varying.extras
