@@ -95,3 +95,39 @@ def test_smooth_grad_cam_pp_warns_where_smoothing_cannot_change_the_map(effnet):
     inner = "/_blocks.15/_project_conv/Conv_output_0"
     [varying] = explainer.explain(photo, method="smooth-grad-cam++", layer=inner, n=2, batch_size=2, target=281)
     assert "warnings" not in varying.extras
+
+
+# ---- CAM on per-class score maps ------------------------------------------------------------------------
+class ScoreMapNet(nn.Module):
+    """Features, a 1x1 Conv making one score map per class (5), then global max or average pooling."""
+
+    def __init__(self, pool: str):
+        super().__init__()
+        torch.manual_seed(2)
+        self.features = nn.Conv2d(3, 8, 3, padding=1, stride=2)
+        self.scores = nn.Conv2d(8, 5, 1)
+        self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.scores(torch.relu(self.features(x)))).flatten(1)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_cam_reads_per_class_score_maps_with_global_pooling(pool, tmp_path):
+    """The map is the class's score map (relative 1e-5 against torch), from the 1x1 Conv's input or from the score
+    maps themselves; its max (max pooling) or mean (average pooling) is the logit within 1e-5."""
+    net = ScoreMapNet(pool).eval()
+    ex = Explainer(helpers.export(net, tmp_path / f"scoremap_{pool}.onnx"), device="cpu", quiet=True)
+    relu_out = next(t.name for t in ex.model.layers if t.op_type == "Relu")
+    score_maps = next(t.name for t in ex.model.layers if t.op_type == "Conv" and t.shape[1] == 5)
+    images = photos(1)
+    x = torch.tensor(ex.prepare(images).x)
+    with torch.no_grad():
+        expected = net.scores(torch.relu(net.features(x)))[0, 3].numpy()
+        logit = float(net(x)[0, 3])
+    reduce = np.max if pool == "max" else np.mean
+    for layer in (relu_out, score_maps):
+        [a] = ex.explain(images, method="cam", target=3, layer=layer, relu=False)
+        assert np.abs(a.raw - expected).max() <= 1e-5 * np.abs(expected).max(), layer
+        assert abs(reduce(a.raw) - logit) <= 1e-5 * max(abs(logit), 1)
+    assert "Pool" in a.extras["head"] or "MaxPool" in a.extras["head"]
