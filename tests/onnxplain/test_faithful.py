@@ -131,3 +131,30 @@ def test_cam_reads_per_class_score_maps_with_global_pooling(pool, tmp_path):
         assert np.abs(a.raw - expected).max() <= 1e-5 * np.abs(expected).max(), layer
         assert abs(reduce(a.raw) - logit) <= 1e-5 * max(abs(logit), 1)
     assert "Pool" in a.extras["head"] or "MaxPool" in a.extras["head"]
+
+
+# ---- rendering ----------------------------------------------------------------------------------------------
+def test_nothing_is_drawn_outside_the_crop(saturating, tmp_path):
+    """A 32x80 photo under the crop preset (shorter side to 32 * 256/224, centre crop 32): the model sees about the
+    centre 28x28 pixels only. The heatmap is 0 and the
+    overlay the dim grey photo outside it (exactly), the validity mask is saved beside the heatmap, pixel maps
+    get a 99th-percentile grayscale picture and guided backprop a colour one; unknown colormaps are refused."""
+    from onnxplain import render
+    from onnxplain.errors import RenderError
+    photo = np.random.default_rng(3).integers(0, 256, (32, 80, 3), dtype=np.uint8)
+    [a] = saturating.explain([photo], method="guided-backprop", target=2)
+    assert a.valid.shape == (32, 80) and a.valid[3:28, 27:53].all() and a.valid.sum() <= 29 * 29
+    assert not a.valid[:, :25].any() and not a.valid[:, 55:].any() and not a.valid[[0, 31]].any()
+    assert np.all(a.heatmap[~a.valid] == 0)
+    grey = photo.astype(np.float32) @ np.array([0.299, 0.587, 0.114])
+    picture = a.overlay()
+    assert np.abs(picture[~a.valid].astype(float) - np.round(grey[~a.valid])[:, None] // 2).max() <= 1
+    files = a.save(str(tmp_path / "gb"))
+    np.testing.assert_array_equal(np.load(files["valid"]), a.valid)
+    assert {"gradient", "color"} <= set(files)
+    gradient = render.gradient_picture(a.heatmap, a.valid)
+    assert gradient[~a.valid].max() == 0 and gradient[a.valid].max() == 255
+    with pytest.raises(RenderError, match="Unknown colormap 'bwrr'; use one of jet, turbo"):
+        a.save(str(tmp_path / "bad"), colormap="bwrr")
+    signed = render.colorize_signed(np.array([[-2.0, 0.0, 1.0]]))
+    assert min(signed[0, 1]) >= 250 and signed[0, 0, 2] > signed[0, 0, 0]  # 0 is white, - is blue
