@@ -37,6 +37,10 @@ class DeviceError(UserError):
     """A device was asked for that cannot be used here."""
 
 
+class RenderError(UserError):
+    """A rendering option (colormap) that does not exist."""
+
+
 def unknown_name_message(name: str, known: Sequence[str]) -> str:
     """One sentence for a tensor name the model lacks, with the nearest known names."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)

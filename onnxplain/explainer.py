@@ -317,8 +317,12 @@ class Explainer:
         import cv2
         h, w = batch.hw
         upsampled = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR) if raw.shape != (h, w) else raw
+        valid = batch.pixel_maps[i].valid_original()  # outside the crop the model saw nothing: no value there
+        heatmap = np.where(valid, batch.pixel_maps[i].to_original(upsampled), 0).astype(np.float32)
+        extras = dict(extras)
+        warnings = tuple(extras.pop("warnings", ())) + tuple(map_warnings(raw))  # the method's, then the map's
         return Attribution(method=cls.name, params=asdict(params), target=target.describe(), layer=layer,
-                           raw=raw, upsampled=upsampled, heatmap=batch.pixel_maps[i].to_original(upsampled),
+                           raw=raw, upsampled=upsampled, heatmap=heatmap, valid=valid,
                            scores=batch.cache[output][i], image=batch.originals[i],
-                           image_name=batch.names[i], extras=extras, warnings=tuple(map_warnings(raw)))
+                           image_name=batch.names[i], extras=extras, warnings=warnings)
 

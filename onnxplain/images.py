@@ -67,6 +67,16 @@ class PixelMap:
         return cv2.warpAffine(heatmap.astype(np.float32), self.matrix, (ow, oh),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
+    def valid_original(self) -> np.ndarray:
+        """Original pixels the model saw (inside the model input after the preset's crop), as a bool mask:
+        outside it a back-mapped map has no value, so nothing is drawn there."""
+        h, w = self.input_hw
+        oh, ow = self.original_hw
+        seen = cv2.warpAffine(np.ones((h, w), np.float32), self.matrix, (ow, oh),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+        return seen > 0.5
+
     def box_to_input(self, box: Sequence[float]) -> tuple[float, float, float, float]:
         """An (x1, y1, x2, y2) box in original pixels, in model-input pixels."""
         (x1, y1), (x2, y2) = (self.matrix @ np.array([[box[0], box[2]], [box[1], box[3]], [1, 1]])).T

@@ -7,36 +7,109 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .errors import RenderError
+
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
              "inferno": cv2.COLORMAP_INFERNO, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT,
-             "bwr": cv2.COLORMAP_COOL, "gray": None}
+             "bwr": "bwr", "gray": None}
+DIVERGING = "bwr"   # zero-centred: blue (negative), white (0), red (positive)
+# pixel-level gradient maps, drawn as their papers show them: 99th-percentile clipped grayscale
+PIXEL_METHODS = {"saliency", "smoothgrad", "guided-backprop", "deconvnet", "guided-grad-cam", "integrated-gradients",
+                 "smoothgrad-fd"}
 
 
-def normalise(heatmap: np.ndarray, signed: bool = False) -> np.ndarray:
-    """Scale a map to [0, 1] (min-max), or to [-1, 1] by max |value| when signed; flat maps become 0."""
+def check_colormap(name: str) -> str:
+    """`name` when it is a known colormap, else a RenderError naming them."""
+    if name not in COLORMAPS:
+        raise RenderError(f"Unknown colormap '{name}'; use one of {', '.join(COLORMAPS)}.")
+    return name
+
+
+def _bwr_lut() -> np.ndarray:
+    """256 RGB colours from blue through white to red."""
+    t = np.linspace(-1, 1, 256)[:, None]
+    blue, white, red = np.array([[59, 76, 192]]), np.array([[255, 255, 255]]), np.array([[180, 4, 38]])
+    return np.where(t < 0, white + (blue - white) * -t, white + (red - white) * t).astype(np.uint8)
+
+
+def normalise(heatmap: np.ndarray, signed: bool = False, valid: np.ndarray | None = None) -> np.ndarray:
+    """Scale a map to [0, 1] (min-max), or to [-1, 1] by max |value| when signed; flat maps become 0.
+    With `valid`, the scale comes from the valid pixels only."""
     heatmap = np.nan_to_num(heatmap.astype(np.float32))
+    seen = heatmap[valid] if valid is not None and valid.any() else heatmap
     if signed:
-        peak = float(np.abs(heatmap).max())
+        peak = float(np.abs(seen).max())
         return heatmap / peak if peak > 0 else np.zeros_like(heatmap)
-    low, high = float(heatmap.min()), float(heatmap.max())
+    low, high = float(seen.min()), float(seen.max())
     return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
 
 
 def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """A [0, 1] map as an RGB uint8 image."""
     gray = np.uint8(np.clip(heatmap, 0, 1) * 255)
-    if COLORMAPS.get(colormap) is None:
+    code = COLORMAPS[check_colormap(colormap)]
+    if code is None:
         return np.repeat(gray[:, :, None], 3, axis=2)
-    return cv2.cvtColor(cv2.applyColorMap(gray, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    if code == "bwr":
+        return _bwr_lut()[gray]
+    return cv2.cvtColor(cv2.applyColorMap(gray, code), cv2.COLOR_BGR2RGB)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
-    """The heatmap (any range, resized to the image) blended over an RGB uint8 image."""
+def colorize_signed(heatmap: np.ndarray, colormap: str = DIVERGING, valid: np.ndarray | None = None) -> np.ndarray:
+    """A signed map with 0 at the colormap's centre (white for bwr), scaled by max |value|."""
+    return colorize((normalise(heatmap, signed=True, valid=valid) + 1) / 2, colormap)
+
+
+def is_signed(heatmap: np.ndarray, valid: np.ndarray | None = None) -> bool:
+    seen = heatmap[valid] if valid is not None and valid.any() else heatmap
+    return bool(seen.min() < 0 < seen.max())
+
+
+def unseen_grey(image: np.ndarray, picture: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """`picture` where the model saw the image, the photo in dim grey elsewhere (nothing drawn there)."""
+    if valid is None or valid.all():
+        return picture
+    grey = cv2.cvtColor(image[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None] // 2
+    return np.where(valid[:, :, None], picture, np.repeat(grey, 3, axis=2)).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str | None = None,
+            valid: np.ndarray | None = None) -> np.ndarray:
+    """The heatmap (any range, resized to the image) blended over an RGB uint8 image; signed maps get a
+    zero-centred diverging map (unless `colormap` is given); pixels outside `valid` stay dim grey."""
     if heatmap.shape[:2] != image.shape[:2]:
         heatmap = cv2.resize(heatmap.astype(np.float32), (image.shape[1], image.shape[0]))
-    color = colorize(normalise(heatmap), colormap)
+    if is_signed(heatmap, valid):
+        color = colorize_signed(heatmap, colormap or DIVERGING, valid)
+    else:
+        color = colorize(normalise(heatmap, valid=valid), colormap or "jet")
     blended = (1 - alpha) * image[:, :, :3].astype(np.float32) + alpha * color.astype(np.float32)
-    return np.clip(blended, 0, 255).astype(np.uint8)
+    return unseen_grey(image, np.clip(blended, 0, 255).astype(np.uint8), valid)
+
+
+def gradient_picture(heatmap: np.ndarray, valid: np.ndarray | None = None, colormap: str = "gray") -> np.ndarray:
+    """A pixel-level gradient map as Simonyan et al. / Smilkov et al. show it: |map| clipped at its 99th
+    percentile, grayscale (or a sequential colormap); signed maps zero-centred on a diverging map."""
+    heatmap = np.nan_to_num(heatmap.astype(np.float32))
+    seen = heatmap[valid] if valid is not None and valid.any() else heatmap
+    if is_signed(heatmap, valid):
+        clip = float(np.percentile(np.abs(seen), 99)) or 1.0
+        picture = colorize((np.clip(heatmap / clip, -1, 1) + 1) / 2, DIVERGING)
+    else:
+        clip = float(np.percentile(np.abs(seen), 99)) or 1.0
+        picture = colorize(np.clip(np.abs(heatmap) / clip, 0, 1), colormap)
+    return picture if valid is None else np.where(valid[:, :, None], picture, 0).astype(np.uint8)
+
+
+def colour_gradient(gradient: np.ndarray) -> np.ndarray:
+    """A (C, H, W) or (H, W, C) input gradient as a colour image, as guided backprop and deconvnet are shown:
+    standardised, 0.1 std per unit around mid-grey, clipped (pytorch-grad-cam's deprocess_image)."""
+    g = np.asarray(gradient, np.float32)
+    if g.ndim == 3 and g.shape[0] in (1, 3) and g.shape[-1] not in (1, 3):
+        g = g.transpose(1, 2, 0)
+    g = (g - g.mean()) / (g.std() + 1e-5) * 0.1 + 0.5
+    g = np.uint8(np.clip(g, 0, 1) * 255)
+    return np.repeat(g, 3, axis=2) if g.shape[2] == 1 else g[:, :, :3]
 
 
 def grid(tiles: Sequence[np.ndarray], columns: int | None = None, pad: int = 2,
@@ -79,15 +152,27 @@ def encode_png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def save_attribution(attribution, prefix: str | Path, alpha: float = 0.5, colormap: str = "jet") -> dict:
-    """Overlay PNG, heatmap .npy (original size) and raw .npy (method resolution) for one Attribution."""
+def save_attribution(attribution, prefix: str | Path, alpha: float = 0.5, colormap: str | None = None) -> dict:
+    """Overlay PNG, heatmap .npy (original size, 0 where the model saw nothing), the validity mask .npy beside
+    it, raw .npy (method resolution); pixel-level gradient maps also as `.gradient.png` (99th-percentile
+    grayscale) and, where the colour gradient is kept, `.color.png`."""
+    if colormap is not None:
+        check_colormap(colormap)
     prefix = str(prefix)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     files = {"overlay": str(write_png(prefix + ".png", attribution.overlay(alpha, colormap))),
              "heatmap": prefix + ".npy", "raw": prefix + ".raw.npy"}
     np.save(files["heatmap"], attribution.heatmap.astype(np.float32))
     np.save(files["raw"], attribution.raw.astype(np.float32))
+    valid = getattr(attribution, "valid", None)
+    if valid is not None:
+        files["valid"] = prefix + ".valid.npy"
+        np.save(files["valid"], valid)
+    if attribution.method in PIXEL_METHODS:
+        files["gradient"] = str(write_png(prefix + ".gradient.png", gradient_picture(attribution.heatmap, valid)))
     for key, value in attribution.extras.items():
         if isinstance(value, np.ndarray) and value.ndim == 2:
             files[key] = str(write_png(f"{prefix}.{key}.png", colorize(normalise(value))))
+        elif key == "gradient" and isinstance(value, np.ndarray) and value.ndim == 3:
+            files["color"] = str(write_png(prefix + ".color.png", colour_gradient(value)))
     return files

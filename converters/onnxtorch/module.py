@@ -21,7 +21,7 @@ from .checks import refusal_message, refusals
 from .errors import UnknownTensor, UnsupportedModel, UnsupportedOp
 from .graph import (NodeInfo, attribute_values, call_arguments, check_precision, missing_ops, node_label,
                     opset_versions, to_torch_tensor, topological_order)
-from .ops.activation import RELU_RULES, RULE_FUNCTIONS, SCALAR_INPUTS
+from .ops.activation import CLIP_UPPER, RELU_RULES, RULE_FUNCTIONS, SCALAR_INPUTS, clip_with_rule
 from .registry import lookup
 from .subgraph import build_bodies
 
@@ -82,6 +82,7 @@ class OnnxModule(nn.Module):
         self._slot_of: dict[str, int] = {"": NO_TENSOR}
         self._constants: dict[str, torch.Tensor] = {}
         self._relu_rule = "plain"
+        self._clip_upper: str | None = None
         self._plans: dict[tuple, Plan] = {}
         self._model = model  # bodies of If/Loop/Scan take its opsets; only needed while building
 
@@ -232,28 +233,31 @@ class OnnxModule(nn.Module):
     # --- relu rules -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def relu_rule(self, rule: str) -> Iterator["OnnxModule"]:
+    def relu_rule(self, rule: str, clip_upper: str | None = None) -> Iterator["OnnxModule"]:
         """Within the block, Relu-like ops (Relu, LeakyRelu, PRelu, Clip with lower bound 0) backpropagate
         by `rule`: "guided" (gradient kept where it is positive and the op's slope is non-zero, as
         Springenberg et al.), "deconvnet" (positive gradient only, ignoring the forward, as Zeiler & Fergus)
-        or "plain" (ordinary autograd)."""
+        or "plain" (ordinary autograd). `clip_upper` is the rule at a Clip's upper bound (ReLU6 saturated
+        at 6): "block" or "pass" the gradient; None: guided blocks, deconvnet passes."""
         if rule not in RELU_RULES:
             raise ValueError(f"relu_rule must be one of {', '.join(RELU_RULES)}, not {rule!r}")
+        if clip_upper not in (None, *CLIP_UPPER):
+            raise ValueError(f"clip_upper must be one of {', '.join(CLIP_UPPER)} or None, not {clip_upper!r}")
         modules = [m for m in self.modules() if isinstance(m, OnnxModule)]  # with If/Loop/Scan bodies
-        previous = [m._relu_rule for m in modules]
+        previous = [(m._relu_rule, m._clip_upper) for m in modules]
         for m in modules:
-            m._relu_rule = rule
+            m._relu_rule, m._clip_upper = rule, clip_upper
         try:
             yield self
         finally:
-            for m, rule_before in zip(modules, previous):
-                m._relu_rule = rule_before
+            for m, (rule_before, upper_before) in zip(modules, previous):
+                m._relu_rule, m._clip_upper = rule_before, upper_before
 
     # --- running --------------------------------------------------------------------------------
 
     def _plan(self, taps: tuple[str, ...], replaced: frozenset[str]) -> Plan:
         """The cached plan for this rule, taps and replaced names."""
-        cache_key = (self._relu_rule, taps, replaced)
+        cache_key = (self._relu_rule, self._clip_upper, taps, replaced)
         plan = self._plans.get(cache_key)
         if plan is None:
             plan = self._plans[cache_key] = self._build_plan(taps, replaced)
@@ -293,6 +297,8 @@ class OnnxModule(nn.Module):
             fn, kwargs = step.fn, step.kwargs
             if step.rule_fn is not None and self._relu_rule != "plain":
                 fn, kwargs = step.rule_fn, {**kwargs, "rule": self._relu_rule}
+                if fn is clip_with_rule:
+                    kwargs["upper"] = self._clip_upper
             outputs = tuple(NO_TENSOR if s in replaced_slots else s for s in step.outputs)
             steps.append((fn, step.inputs, outputs, kwargs, tuple(frees.get(position, ())),
                           tuple(s for s in outputs if s in tap_slots)))

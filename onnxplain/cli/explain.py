@@ -22,10 +22,11 @@ SCHEMA_VERSION = 1
 @param_option("stride=8")
 @click.option("--out", "out_dir", default=OUT_DEFAULT, show_default=True, type=click.Path())
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity.")
-@click.option("--colormap", default="jet", show_default=True)
+@click.option("--colormap", default=None,
+              help="jet, turbo, viridis, inferno, magma, hot, bwr or gray (default: jet; bwr at 0 for signed maps).")
 @model_options(engine=True)
 def explain(model: str, images: tuple[str, ...], method: str, target: str, layer: str, output: str | None,
-            param: tuple[str, ...], out_dir: str, alpha: float, colormap: str, models: ModelOptions) -> None:
+            param: tuple[str, ...], out_dir: str, alpha: float, colormap: str | None, models: ModelOptions) -> None:
     """Explain IMAGES with one or more methods: overlay PNG, raw .npy, and explain.json in --out."""
     from ..errors import MethodError, UserError
     from ..params import parse_pairs

@@ -122,14 +122,17 @@ class Attribution:
     image_name: str = ""
     extras: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # why the map cannot be read (all zero, constant, non-finite), one sentence each
+    valid: np.ndarray | None = None  # original pixels the model saw (bool, heatmap's size); None: all
 
-    def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
-        """The heatmap blended over the original image (RGB uint8)."""
+    def overlay(self, alpha: float = 0.5, colormap: str | None = None) -> np.ndarray:
+        """The heatmap blended over the original image (RGB uint8); pixels the model did not see stay grey.
+        colormap None: a zero-centred diverging map for signed maps, else jet."""
         from ..render import overlay
-        return overlay(self.image, self.heatmap, alpha, colormap)
+        return overlay(self.image, self.heatmap, alpha, colormap, valid=self.valid)
 
-    def save(self, prefix: str, alpha: float = 0.5, colormap: str = "jet") -> dict:
-        """Write `<prefix>.png` (overlay), `<prefix>.npy` (heatmap) and `<prefix>.raw.npy`; returns the paths."""
+    def save(self, prefix: str, alpha: float = 0.5, colormap: str | None = None) -> dict:
+        """Write `<prefix>.png` (overlay), `<prefix>.npy` (heatmap), `<prefix>.raw.npy`, `<prefix>.valid.npy`
+        (what the model saw) and, for pixel-level gradient maps, the papers' pictures; returns the paths."""
         from ..render import save_attribution
         return save_attribution(self, prefix, alpha, colormap)
 

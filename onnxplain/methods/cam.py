@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .. import graph
 from ..errors import MethodError
 from ..targets import ClassTarget
 from . import register
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 AFTER_LOGITS = PASS_THROUGH | {"Softmax", "LogSoftmax", "Sigmoid"}
-SIDE_BRANCH = {"Shape", "Size"}  # legacy exports compute Reshape targets from the pooled tensor's shape
 
 
 @dataclass(frozen=True)
@@ -30,41 +30,22 @@ class LinearHead:
     weights: np.ndarray
     logits: str
     outputs: frozenset[str]  # the logits and every tensor that follows it through per-class ops
+    bias: np.ndarray | None = None  # score-map heads: the 1x1 Conv's bias, part of each class's map
 
     def describe(self) -> str:
-        return f"{self.pool} -> {self.linear}"
-
-
-def _consumers(model: "Model", name: str) -> list[onnx.NodeProto]:
-    return [n for n in model.consumers.get(name, []) if n.op_type not in SIDE_BRANCH]
-
-
-def _ints(model: "Model", node: onnx.NodeProto, attribute: str, input_index: int) -> list[int] | None:
-    """An int list from an attribute, or from a constant input (opset 18+ moved ReduceMean's axes there)."""
-    for attr in node.attribute:
-        if attr.name == attribute:
-            return list(onnx.helper.get_attribute_value(attr))
-    if len(node.input) > input_index and node.input[input_index]:
-        value = model.weights.get(node.input[input_index])
-        if value is not None:
-            return [int(v) for v in np.ravel(value)]
-    return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+        return self.pool if self.linear == "score maps" and "->" in self.pool else f"{self.pool} -> {self.linear}"
 
 
 def _path_after(model: "Model", layer: str, steps: int = 4) -> str:
     """The ops that follow `layer` (first consumer each time), for error messages."""
     ops, name = [], layer
     for _ in range(steps):
-        nodes = _consumers(model, name)
+        nodes = graph.readers(model, name)
         if not nodes:
             break
         ops.append(nodes[0].op_type if len(nodes) == 1 else "{" + ", ".join(n.op_type for n in nodes) + "}")
         name = nodes[0].output[0]
-    more = " -> ..." if name and _consumers(model, name) else ""
+    more = " -> ..." if name and graph.readers(model, name) else ""
     return " -> ".join(ops) + more if ops else "no consumer (the layer is an output)"
 
 
@@ -81,54 +62,98 @@ def _pooled_axes(model: "Model", pool: onnx.NodeProto, info: "TensorInfo", order
     if pool.op_type in ("GlobalAveragePool", "GlobalMaxPool") and rank == 4:
         return {order[2], order[3]}
     if pool.op_type in ("AveragePool", "MaxPool") and rank == 4 and len(pool.output) == 1:
-        window = tuple(_attr(pool, "kernel_shape", ()))  # a window as large as the map is global pooling
-        if window == (info.shape[order[2]], info.shape[order[3]]) and not any(_attr(pool, "pads", ())) \
-                and _attr(pool, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"):
+        window = tuple(graph.attr_ints(pool, "kernel_shape", ()))  # a window as large as the map is global pooling
+        if window == (info.shape[order[2]], info.shape[order[3]]) and not any(graph.attr_ints(pool, "pads", ())) \
+                and graph.attr_str(pool, "auto_pad", "NOTSET") in ("NOTSET", "VALID"):
             return {order[2], order[3]}
     if pool.op_type in ("ReduceMean", "ReduceMax"):
-        axes = _ints(model, pool, "axes", 1)
+        axes = graph.ints(model, pool, "axes", 1)
         return {order[a % rank] for a in axes} if axes else None
     return None
 
 
 def find_head(model: "Model", layer: str) -> LinearHead:
-    """The global pooling + linear head right after `layer`, or a MethodError naming what follows it instead."""
+    """The head CAM reads after `layer`: global pooling then a linear layer; a 1x1 Conv making per-class score
+    maps then global pooling; or `layer` itself holding the score maps. Else a MethodError naming what follows."""
     info = model.spatial_info(layer)
-    fail = MethodError(f"CAM needs global pooling then a linear layer after the layer '{layer}'; found "
-                       f"{_path_after(model, layer)}; use grad-cam or score-cam instead.")
-    name, order = layer, list(range(len(info.shape)))
-    nodes = _consumers(model, name)
-    while len(nodes) == 1 and nodes[0].op_type in ("Identity", "Dropout", "Transpose"):
-        if nodes[0].op_type == "Transpose":  # tf2onnx writes NCHW -> NHWC before pooling
-            order = [order[p] for p in _attr(nodes[0], "perm", range(len(order) - 1, -1, -1))]
-        name = nodes[0].output[0]
-        nodes = _consumers(model, name)
+    fail = MethodError(f"CAM needs global pooling then a linear layer (or per-class score maps then global "
+                       f"pooling) after the layer '{layer}'; found {_path_after(model, layer)}; use grad-cam or "
+                       "score-cam instead.")
+    name, order = _skip_layout_ops(model, layer, len(info.shape))
+    nodes = graph.readers(model, name)
+    channels = info.shape[-1] if info.layout in ("NHWC", "tokens") else info.shape[1]
+    if len(nodes) == 1 and info.layout == "NCHW" and order == sorted(order) and _pointwise(model, nodes[0]):
+        head = _score_map_head(model, nodes[0])  # layer -> 1x1 Conv (one map per class) -> global pooling
+        if head is not None:
+            return head
     if len(nodes) != 1 or _pooled_axes(model, nodes[0], info, order) != _spatial_axes(info):
         raise fail
     pool = nodes[0]
-    name = pool.output[0]
-    nodes = _consumers(model, name)
-    while len(nodes) == 1 and nodes[0].op_type in PASS_THROUGH and nodes[0].input[0] == name:
+    name = graph.follow(model, pool.output[0], PASS_THROUGH)
+    nodes = graph.readers(model, name)
+    if len(nodes) == 1 and nodes[0].input[0] == name:
+        weights = _linear_weights(model, nodes[0])
+        if weights is not None and (not isinstance(channels, int) or weights.shape[1] == channels):
+            return LinearHead(pool.op_type, nodes[0].op_type, weights, nodes[0].output[0],
+                              frozenset(_per_class_followers(model, nodes[0].output[0])))
+    if all(n.op_type in AFTER_LOGITS for n in nodes) and isinstance(channels, int):
+        # the layer holds the per-class score maps and its pooled channels are the class scores
+        return LinearHead(pool.op_type, "score maps", np.eye(channels), name,
+                          frozenset(_per_class_followers(model, name)))
+    raise fail
+
+
+def _skip_layout_ops(model: "Model", layer: str, rank: int) -> tuple[str, list[int]]:
+    """The tensor after Identity/Dropout/Transpose nodes and `order[a]`, the layer axis its axis a holds."""
+    name, order = layer, list(range(rank))
+    nodes = graph.readers(model, name)
+    while len(nodes) == 1 and nodes[0].op_type in ("Identity", "Dropout", "Transpose"):
+        if nodes[0].op_type == "Transpose":  # tf2onnx writes NCHW -> NHWC before pooling
+            order = [order[p] for p in graph.attr_ints(nodes[0], "perm", range(len(order) - 1, -1, -1))]
         name = nodes[0].output[0]
-        nodes = _consumers(model, name)
-    if len(nodes) != 1 or nodes[0].input[0] != name:
-        raise fail
-    linear = nodes[0]
+        nodes = graph.readers(model, name)
+    return name, order
+
+
+def _pointwise(model: "Model", node: onnx.NodeProto) -> bool:
+    """A 1x1, ungrouped Conv with constant weights."""
+    weight = model.weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    return weight is not None and weight.ndim == 4 and weight.shape[2:] == (1, 1) \
+        and graph.attr_int(node, "group", 1) == 1
+
+
+def _linear_weights(model: "Model", linear: onnx.NodeProto) -> np.ndarray | None:
+    """Class weights (classes, channels) of a Gemm, MatMul or 1x1 Conv reading the pooled vector, else None."""
     weight = model.weights.get(linear.input[1]) if len(linear.input) > 1 else None
-    if linear.op_type == "Gemm" and weight is not None and weight.ndim == 2 and not _attr(linear, "transA", 0):
-        weights = (weight if _attr(linear, "transB", 0) else weight.T) * _attr(linear, "alpha", 1.0)
-    elif linear.op_type == "MatMul" and weight is not None and weight.ndim == 2:
+    if weight is None:
+        return None
+    if linear.op_type == "Gemm" and weight.ndim == 2 and not graph.attr_int(linear, "transA", 0):
+        weights = (weight if graph.attr_int(linear, "transB", 0) else weight.T) * graph.attr_float(linear, "alpha", 1.0)
+    elif linear.op_type == "MatMul" and weight.ndim == 2:
         weights = weight.T
-    elif linear.op_type == "Conv" and weight is not None and weight.ndim == 4 and weight.shape[2:] == (1, 1) \
-            and _attr(linear, "group", 1) == 1:
+    elif _pointwise(model, linear):
         weights = weight[:, :, 0, 0]
     else:
-        raise fail
-    channels = info.shape[-1] if info.layout in ("NHWC", "tokens") else info.shape[1]
-    if isinstance(channels, int) and weights.shape[1] != channels:
-        raise fail
-    return LinearHead(pool.op_type, linear.op_type, np.asarray(weights, np.float64), linear.output[0],
-                      frozenset(_per_class_followers(model, linear.output[0])))
+        return None
+    return np.asarray(weights, np.float64)
+
+
+def _score_map_head(model: "Model", conv: onnx.NodeProto) -> LinearHead | None:
+    """A 1x1 Conv whose output maps (one per class) go through global pooling to the logits, or None."""
+    scores = conv.output[0]
+    info = model.tensors.get(scores)
+    nodes = graph.readers(model, scores)
+    if info is None or info.shape is None or len(info.shape) != 4 or len(nodes) != 1 \
+            or _pooled_axes(model, nodes[0], info, [0, 1, 2, 3]) != {2, 3}:
+        return None
+    logits = graph.follow(model, nodes[0].output[0], PASS_THROUGH)
+    if not all(n.op_type in AFTER_LOGITS for n in graph.readers(model, logits)):
+        return None
+    weight = model.weights[conv.input[1]]
+    bias = graph.constant(model, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+    return LinearHead(f"Conv -> {nodes[0].op_type}", "score maps", np.asarray(weight[:, :, 0, 0], np.float64),
+                      logits, frozenset(_per_class_followers(model, logits)),
+                      None if bias is None else np.asarray(bias, np.float64).reshape(-1))
 
 
 def _per_class_followers(model: "Model", logits: str) -> set[str]:
@@ -148,11 +173,14 @@ class CAM(Method):
     """Zhou et al. (2016): sum_k w[c, k] A_k with w the linear layer's weights after global pooling.
 
     Exact for models whose layer feeds global average (or max) pooling then one linear layer:
-    with average pooling the class score is the map's mean plus the bias. Needs no extra forward pass.
+    with average pooling the class score is the map's mean plus the bias. Also reads per-class score-map
+    heads (a 1x1 Conv with one output map per class, then global max or average pooling): the map is that
+    class's score map, bias included, whose max (or mean) is the class score; the layer may be the Conv's
+    input or the score maps themselves. Needs no extra forward pass.
     """
     name = "cam"
     engine = "ort"
-    summary = "class activation map: linear-head weights x pooled layer (needs GAP -> linear)"
+    summary = "class activation map: linear-head weights x pooled layer (GAP -> linear, or score maps -> global pool)"
     uses_layer = True
 
     @dataclass(frozen=True)
@@ -171,6 +199,8 @@ class CAM(Method):
                 raise MethodError(f"Target class {target.index} is out of range for the linear layer "
                                   f"({len(head.weights)} classes).")
             cam = np.einsum("k,khw->hw", head.weights[target.index], acts[i].astype(np.float64))
+            if head.bias is not None:
+                cam = cam + head.bias[target.index]
             maps.append(np.maximum(cam, 0) if self.params.relu else cam)
             extras.append({"head": head.describe()})
         return RawMaps(np.stack(maps), extras)

@@ -8,6 +8,7 @@ layer's resolution and not normalised (rendering does that).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ..targets import Target
     from .base import MethodContext
 
+log = logging.getLogger(__name__)
 EPS_PLUSPLUS = 1e-6   # pytorch-grad-cam's Grad-CAM++ denominator epsilon
 EPS_XGRAD = 1e-7      # pytorch-grad-cam's XGrad-CAM denominator epsilon
 
@@ -174,45 +176,60 @@ class SmoothGradCAMPlusPlus(Method):
 
     D1, D2, D3 are the means of g, g^2, g^3 over the copies (the exponential-score closed form of
     Grad-CAM++); alpha = D2 / (2 D2 + sum(A) D3), w_k = sum_ij alpha relu(D1), map = ReLU(sum_k w_k A_k).
-    With n=1 and sigma=0 it equals grad-cam++.
+    n = 0 is the paper's plain case: the clean image's gradient, which equals grad-cam++.
 
-    The paper's inspection options: `filters` keeps only those feature maps (channels k) in the sum,
-    so the map shows what those filters contribute; `neurons` gives (row, col) positions of the layer
-    and the weights are summed over those positions only, so the map shows how the feature maps are
-    weighted by the evidence at those neurons. With `region=True`, `neurons` holds two corners
-    (r1, c1, r2, c2) and every position of the rectangle between them (inclusive) is used.
+    The paper's inspection options: `filters` gives one map per chosen feature map k, ReLU(w_k A_k), in
+    `extras["filter_maps"]` (F, h, w) in the order of `extras["filters"]`; the main map is ReLU of their sum.
+    `neurons` gives (row, col) positions of the layer: the weights come from the derivatives at those
+    positions and every other activation is zeroed, so the map is non-zero at the chosen neurons only.
+    With `region=True`, `neurons` holds two corners (r1, c1, r2, c2) of a rectangle (inclusive).
+    Where the layer's gradient does not depend on the input (a layer right before global average pooling
+    and a linear head) smoothing cannot change the map: the Attribution's `warnings` say so.
     """
     name = "smooth-grad-cam++"
     engine = "torch"
-    summary = "Smooth Grad-CAM++: Grad-CAM++ with derivatives averaged over noisy copies; filter/neuron subsets"
+    summary = "Smooth Grad-CAM++: Grad-CAM++ with derivatives averaged over noisy copies; per-filter/neuron maps"
     uses_layer = True
 
     @dataclass(frozen=True)
     class Params:
-        n: int = 25               # noisy copies per image
+        n: int = 25               # noisy copies per image (0: the clean image only, plain Grad-CAM++)
         sigma: float = 0.15       # noise std as a fraction of the image's value range (max - min)
         batch_size: int = 25      # noisy copies per forward/backward pass
         seed: int = 0             # noise seed (each image draws from its own generator seeded with it)
-        filters: tuple = ()       # feature-map (channel) indices to keep; empty: all
+        filters: tuple = ()       # feature-map (channel) indices: one map each; empty: all, one map
         neurons: tuple = ()       # layer positions: row,col pairs (flat r1,c1,r2,c2,...); empty: all
         region: bool = False      # neurons are two corners of a rectangle of positions
 
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
-        if p.n < 1:
-            raise MethodError("Parameter 'n' of method 'smooth-grad-cam++' must be at least 1.")
+        if p.n < 0:
+            raise MethodError("Parameter 'n' of method 'smooth-grad-cam++' must be 0 (no noise) or more.")
         info = layer_info(context, layer)
         layout = batch.spec.layout
-        maps = []
+        maps, extras = [], []
         for i, image in enumerate(batch.x):
             acts, d1, d2, d3 = self._moments(context, image, targets[i], layer, info, layout)
-            maps.append(self._cam(acts, d1, d2, d3))
-        return RawMaps(numpy_maps(torch.cat(maps)))
+            cam, extra = self._cam(acts, d1, d2, d3)
+            if p.n > 1 and _constant_gradient(d1, d2):
+                note = (f"The gradient at layer '{layer}' does not depend on the input (global average pooling "
+                        "then a linear head), so smoothing cannot change the map: it equals grad-cam++; use n=0 "
+                        "or an earlier layer.")
+                log.warning(note)
+                extra["warnings"] = [note]
+            maps.append(cam)
+            extras.append(extra)
+        return RawMaps(numpy_maps(torch.cat(maps)), extras)
 
     def _moments(self, context, image, target, layer, info, layout):
-        """Clean activations (1, C, h, w) and the mean of g, g^2, g^3 over the noisy copies."""
+        """Clean activations (1, C, h, w) and the mean of g, g^2, g^3 over the noisy copies (n = 0: clean g)."""
         p = self.params
         x = to_tensor(context, image)
+        if p.n == 0:
+            result = gradients(context, x[None], [target], taps=[layer], wrt_input=False)
+            acts = channels_first_torch(result.values[layer], info)
+            g = channels_first_torch(result.taps[layer], info)
+            return acts, g, g * g, g * g * g
         with torch.no_grad():
             _, tapped = forward(context, x[None], [layer])
         acts = channels_first_torch(tapped[layer], info)
@@ -225,12 +242,19 @@ class SmoothGradCAMPlusPlus(Method):
         d1, d2, d3 = noise_tunnel(layer_gradient, x, noise, p.batch_size, order=3)
         return acts, d1[None], d2[None], d3[None]
 
-    def _cam(self, acts, d1, d2, d3) -> torch.Tensor:
+    def _cam(self, acts, d1, d2, d3) -> tuple[torch.Tensor, dict]:
+        """The map (1, h, w) and, with `filters`, one map per chosen filter in extras."""
         c, h, w = acts.shape[1:]
         position = self._position_mask(h, w).to(acts.device)
         weights = plusplus_weights(acts, d1 * position, d2 * position, d3)
+        kept = acts * position if self.params.neurons else acts  # only the chosen neurons are visualised
         channel = self._channel_mask(c).to(acts.device)
-        return torch.relu(((weights * channel)[..., None, None] * acts).sum(1))
+        cam = torch.relu(((weights * channel)[..., None, None] * kept).sum(1))
+        if not self.params.filters:
+            return cam, {}
+        chosen = [int(k) for k in self.params.filters]
+        per_filter = torch.relu(weights[0, chosen, None, None] * kept[0, chosen])
+        return cam, {"filters": chosen, "filter_maps": numpy_maps(per_filter)}
 
     def _channel_mask(self, c: int) -> torch.Tensor:
         if not self.params.filters:
@@ -266,3 +290,9 @@ class SmoothGradCAMPlusPlus(Method):
             for r, c in points:
                 mask[r, c] = 1
         return mask
+
+
+def _constant_gradient(d1: torch.Tensor, d2: torch.Tensor) -> bool:
+    """True when every noisy copy had the same layer gradient (mean of g^2 equals the square of the mean)."""
+    spread = (d2 - d1 * d1).abs().max()
+    return bool(spread <= 1e-5 * (d1 * d1).max() + 1e-20)

@@ -28,17 +28,18 @@ if TYPE_CHECKING:
     from .base import MethodContext
 
 NOISE_KINDS = ("smoothgrad", "squaregrad", "vargrad")
+CLIP_UPPER = ("block", "pass")
 BASELINES = ("black", "blurred", "uniform")
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
 def input_gradients(context: "MethodContext", batch: "Prepared", targets: Sequence["Target"],
-                    rule: str = "plain") -> torch.Tensor:
+                    rule: str = "plain", clip_upper: str | None = None) -> torch.Tensor:
     """Gradient of each image's target score w.r.t. its input (model layout), in chunks of the batch size."""
     parts = []
     for rows in batches(len(batch), context.runtime.batch_size):
         x = to_tensor(context, batch.x[rows])
-        parts.append(gradients(context, x, targets[rows], rule=rule).input)
+        parts.append(gradients(context, x, targets[rows], rule=rule, clip_upper=clip_upper).input)
     return torch.cat(parts)
 
 
@@ -65,7 +66,11 @@ class Saliency(Method):
 
 @register
 class GuidedBackprop(Method):
-    """Springenberg et al. (2015): gradients where every ReLU passes back only positive gradient at positive input."""
+    """Springenberg et al. (2015): gradients where every ReLU passes back only positive gradient at positive input.
+
+    At a Clip's upper bound (ReLU6 saturated at 6, slope 0) `clip_upper` chooses: "block" (the forward
+    slope, the default here) or "pass" (treat the unit as the ReLU it bounds).
+    """
     name = "guided-backprop"
     engine = "torch"
     summary = "guided backpropagation: ReLUs pass back positive gradients where their input was positive"
@@ -73,20 +78,30 @@ class GuidedBackprop(Method):
 
     @dataclass(frozen=True)
     class Params:
-        signed: bool = False  # False: max |grad| over channels; True: grad summed over channels
+        signed: bool = False       # False: max |grad| over channels; True: grad summed over channels
+        clip_upper: str = "block"  # at a Clip's upper bound (saturated ReLU6): block | pass the gradient
 
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
-        grads = input_gradients(context, batch, targets, rule=self.rule)
+        choose(self.name, "clip_upper", self.params.clip_upper, CLIP_UPPER)
+        grads = input_gradients(context, batch, targets, rule=self.rule, clip_upper=self.params.clip_upper)
         maps = reduce_channels(grads, batch.spec.layout, self.params.signed)
         return RawMaps(numpy_maps(maps), _gradient_extras(grads))
 
 
 @register
 class Deconvnet(GuidedBackprop):
-    """Zeiler & Fergus (2014): ReLUs pass back the positive part of the gradient whatever their input was."""
+    """Zeiler & Fergus (2014): ReLUs pass back the positive part of the gradient whatever their input was.
+
+    At a Clip's upper bound `clip_upper` is "pass" by default (the forward is ignored) or "block".
+    """
     name = "deconvnet"
     summary = "deconvnet: ReLUs pass back the positive part of the gradient, ignoring the forward"
     rule = "deconvnet"
+
+    @dataclass(frozen=True)
+    class Params:
+        signed: bool = False       # False: max |grad| over channels; True: grad summed over channels
+        clip_upper: str = "pass"   # at a Clip's upper bound (saturated ReLU6): pass | block the gradient
 
 
 @register

@@ -84,14 +84,15 @@ def _as_scores(value, rows: int) -> torch.Tensor:
 
 
 def gradients(context: "MethodContext", x: torch.Tensor, targets: Sequence["Target"], taps: Sequence[str] = (),
-              wrt_input: bool = True, rule: str = "plain") -> Grads:
+              wrt_input: bool = True, rule: str = "plain", clip_upper: str | None = None) -> Grads:
     """Gradients of each row's target score w.r.t. the input (when `wrt_input`) and each tap, one backward pass.
 
-    `rule` is the module's relu rule for the backward ("plain", "guided" or "deconvnet").
+    `rule` is the module's relu rule for the backward ("plain", "guided" or "deconvnet"); `clip_upper` its
+    choice at a Clip's upper bound ("block", "pass"; None: the rule's own, see OnnxModule.relu_rule).
     """
     module = context.module
     x = x.detach().requires_grad_(wrt_input)
-    with torch.enable_grad(), (module.relu_rule(rule) if rule != "plain" else contextlib.nullcontext()):
+    with torch.enable_grad(), (module.relu_rule(rule, clip_upper) if rule != "plain" else contextlib.nullcontext()):
         outputs, tapped = forward(context, x, taps)
         scores = target_scores(targets, outputs)
         wrt = ([x] if wrt_input else []) + [tapped[name] for name in taps]

@@ -109,7 +109,8 @@ def test_cam_family_fullgrad_guided_match_pytorch_grad_cam(name, kind, exported)
     layer = explainer.model.auto_layer()[0]
     np.testing.assert_allclose(explainer.forward(batch, [layer])[layer], ref["act"], atol=1e-5)  # same tensor
     for method in (*CAMS, "fullgrad", "guided-backprop"):
-        results = explainer.explain(batch, method=method, target=targets, layer=layer)
+        params = {"mode": "pytorch-grad-cam"} if method == "fullgrad" else {}
+        results = explainer.explain(batch, method=method, target=targets, layer=layer, **params)
         for i, attribution in enumerate(results):
             if method == "guided-backprop":  # the colour gradient, as pytorch-grad-cam returns it (H, W, C)
                 ours = attribution.extras["gradient"].transpose(1, 2, 0)
@@ -209,6 +210,7 @@ def test_noiseless_smoothing_reduces_to_the_plain_method(exported):
         return np.stack([a.raw for a in explainer.explain(batch, method=method, target=targets, layer=layer,
                                                           **params)])
     np.testing.assert_allclose(maps("smooth-grad-cam++", n=1, sigma=0.0), maps("grad-cam++"), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(maps("smooth-grad-cam++", n=0), maps("grad-cam++"), rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(maps("smoothgrad", n=2, sigma=0.0), maps("saliency"), rtol=1e-5, atol=1e-10)
     np.testing.assert_allclose(maps("smoothgrad", n=2, sigma=0.0, signed=True), maps("saliency", signed=True),
                                rtol=1e-5, atol=1e-10)
@@ -247,9 +249,17 @@ def test_smooth_grad_cam_pp_filters_and_neurons(exported):
     np.testing.assert_allclose(sgcpp(filters=(k,)), torch.relu(weights[k] * acts[0, k]).numpy(), rtol=1e-4,
                                atol=1e-7)
     neuron_weights = contribution[0, :, 2, 3]
-    np.testing.assert_allclose(sgcpp(neurons=(2, 3)),
-                               torch.relu((neuron_weights[:, None, None] * acts[0]).sum(0)).numpy(), rtol=1e-4,
-                               atol=1e-7)
+    only = torch.zeros(h, w, dtype=torch.float64)
+    only[2, 3] = torch.relu((neuron_weights * acts[0, :, 2, 3]).sum())
+    np.testing.assert_allclose(sgcpp(neurons=(2, 3)), only.numpy(), rtol=1e-4, atol=1e-7)
+    two = sgcpp(neurons=(2, 3, 0, 1))  # other activations zeroed: non-zero at the chosen neurons only
+    assert set(zip(*np.nonzero(two))) <= {(2, 3), (0, 1)} and two[2, 3] > 0
+    [result] = explainer.explain(batch, method="smooth-grad-cam++", target=target, layer=layer, n=1, sigma=0.0,
+                                 filters=(k, 0, 1))
+    assert result.extras["filters"] == [k, 0, 1] and result.extras["filter_maps"].shape == (3, h, w)
+    np.testing.assert_allclose(result.extras["filter_maps"][0], sgcpp(filters=(k,)), rtol=1e-6)
+    np.testing.assert_allclose(result.extras["filter_maps"][2],
+                               torch.relu(weights[1] * acts[0, 1]).numpy(), rtol=1e-4, atol=1e-7)
     with pytest.raises(MethodError, match="out of range"):
         sgcpp(filters=(c,))
     with pytest.raises(MethodError, match="outside"):

@@ -93,3 +93,18 @@ def test_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="guided"):
         with hand_net("Relu").relu_rule("smooth"):
             pass
+
+
+@pytest.mark.parametrize("activation", ["Clip", "Clip-6"])
+@pytest.mark.parametrize("rule,upper,expected", [
+    ("guided", None, [1, 0]), ("guided", "block", [1, 0]), ("guided", "pass", [2, 2]),
+    ("deconvnet", None, [1, 3]), ("deconvnet", "pass", [1, 3]), ("deconvnet", "block", [0, 1])])
+def test_clip_upper_bound_rule(activation, rule, upper, expected):
+    """Unit 0 is saturated (7 > 6): "block" drops its gradient (mask 0 there), "pass" treats it as a ReLU unit;
+    by default guided blocks and deconvnet passes. Exact up to 1e-6."""
+    module = hand_net(activation)
+    with module.relu_rule(rule, clip_upper=upper):
+        assert input_gradient(module) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="clip_upper must be one of block, pass"):
+        with module.relu_rule(rule, clip_upper="open"):
+            pass

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..registry import register
 
 RELU_RULES = ("plain", "guided", "deconvnet")
+CLIP_UPPER = ("block", "pass")  # a rule's choice at a Clip's upper bound (see clip_with_rule)
 
 
 @register("Relu")
@@ -225,15 +226,22 @@ def prelu_with_rule(x: torch.Tensor, slope: torch.Tensor, *, rule: str) -> torch
                       lambda t: torch.where(t > 0, torch.ones_like(t), slope.to(t.dtype)))
 
 
-def clip_with_rule(x: torch.Tensor, min=None, max=None, *, rule: str) -> torch.Tensor:
-    """Clip with a zero lower bound (ReLU6 and the like) whose backward follows a rule:
-    guided passes the gradient where min < x < max and grad > 0, deconvnet where grad > 0."""
+def clip_with_rule(x: torch.Tensor, min=None, max=None, *, rule: str, upper: str | None = None) -> torch.Tensor:
+    """Clip with a zero lower bound (ReLU6 and the like) whose backward follows a rule. At the upper bound
+    (a saturated unit, slope 0) `upper` chooses: "block" stops the gradient there, "pass" lets it through
+    as for the ReLU it bounds. Default (None): guided blocks (it follows the forward slope: min < x < max and
+    grad > 0), deconvnet passes (grad > 0 wherever the input was, as Zeiler & Fergus ignore the forward)."""
+    upper = upper or ("block" if rule == "guided" else "pass")
+    if upper not in CLIP_UPPER:
+        raise ValueError(f"upper must be one of {', '.join(CLIP_UPPER)}, not {upper!r}")
+
     def derivative(t: torch.Tensor) -> torch.Tensor:
-        inside = t > min
-        if max is not None:
+        inside = t > min if rule == "guided" else torch.ones_like(t, dtype=torch.bool)
+        if max is not None and upper == "block":
             inside = inside & (t < max)
         return inside.to(t.dtype)
-    return apply_rule(x, rule, lambda t: clip(t, min, max), derivative)
+    needs_mask = rule == "guided" or (upper == "block" and max is not None)
+    return RuleActivation.apply(x, lambda t: clip(t, min, max), derivative if needs_mask else None)
 
 
 RULE_FUNCTIONS: dict[str, Callable] = {
