@@ -20,6 +20,7 @@ COMMANDS = {
     "synth": "onnxplain.cli.synth:synth",
     "audit": "onnxplain.cli.audit:audit_command",
     "serve": "onnxplain.cli.serve:serve_command",
+    "graft": "onnxplain.cli.graft:graft_command",
 }
 
 

@@ -17,6 +17,11 @@ from .config import ServeConfig
 from .openapi import document
 from .requests import EXPLAIN, PREDICT, HTTPError, read_request
 from .routes import Context, Endpoint, Protocol, error_response, json_response
+from .kserve_v1 import KSERVE_V1
+from .metrics import METRICS
+from .readiness import READINESS
+from .state import ServeState
+from .v2 import V2
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -84,17 +89,20 @@ NATIVE = Protocol("onnxplain", (
              "The explanation.", "ExplainResult", EXPLAIN, POST_REFUSALS),
     Endpoint("/openapi.json", "GET", openapi, "This description.", "OpenAPI 3.1."),
 ), NATIVE_SCHEMAS)
-PROTOCOLS: tuple[Protocol, ...] = (NATIVE,)  # a protocol module's Protocol is added here
+PROTOCOLS: tuple[Protocol, ...] = (NATIVE, READINESS, METRICS, KSERVE_V1, V2)  # a protocol module's is added here
 
 
 # ---- the app ---------------------------------------------------------------------------------
 def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16 * 2**20, queue_size: int = 64,
-               workers: int = 2, batch_wait: float = 0.005) -> "Starlette":
+               workers: int = 2, batch_wait: float = 0.005, name: str | None = None, token: str | None = None,
+               warmup: tuple[str, ...] = ()) -> "Starlette":
     """The ASGI app serving one Explainer: run it under uvicorn or mount it into another ASGI app.
 
     Every request shares the explainer; model work runs in `workers` threads, in batches of up to
     `max_batch` requests; at most `queue_size` requests wait (503 beyond) and bodies over `max_body`
-    bytes get 413.
+    bytes get 413. `name` is the model's name in KServe V1 / V2 paths (default: the file's stem); with `token`
+    every route but health, readiness and ping needs `Authorization: Bearer TOKEN`; the app is ready (GET
+    /readyz, /v2/health/ready) once a prediction and one explanation per `warmup` method have run.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -104,21 +112,25 @@ def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16
                          batch_wait=batch_wait)
     service = Service(explainer)
     batcher = Batcher(service.run, config)
+    state = ServeState.create(service, batcher, name, token, warmup)
+    batcher.run = state.metrics.batches(service.run)
     info = model_info(explainer)  # also builds the model's cached layer tables before threads share them
-    ctx = Context(explainer, config, batcher, service, info, PROTOCOLS)
+    ctx = Context(explainer, config, batcher, service, info, PROTOCOLS, state)
 
     async def http_error(request: "Request", exc: HTTPException) -> "Response":
         return error_response(exc.status_code, f"{exc.detail}.")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        state.readiness.start()
         yield
         batcher.close()
 
-    routes = [Route(e.path, _guarded(functools.partial(e.handler, ctx)), methods=[e.method])
+    routes = [Route(e.path, state.wrap(e, _guarded(functools.partial(e.handler, ctx))), methods=[e.method])
               for protocol in PROTOCOLS for e in protocol.endpoints]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.explainer, app.state.batcher, app.state.config = explainer, batcher, config
+    app.state.serve = state
     return app
 
 

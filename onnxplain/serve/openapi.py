@@ -9,10 +9,12 @@ from .routes import Protocol
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 REFUSALS = {400: "The image does not decode, or an unknown method, parameter, layer or class.",
+            401: "A bearer token is needed (the server runs with --token).",
+            404: "No model of that name is served here.",
             413: "The body is larger than --max-body.",
             415: "The body is not multipart, JSON or an image.",
             422: "Malformed JSON, multipart or field.",
-            503: "The request queue is full; retry shortly."}
+            503: "The request queue is full, or the model is still warming up; retry shortly."}
 
 
 def document(protocols: Iterable[Protocol], root_path: str = "", config: ServeConfig | None = None,
@@ -31,6 +33,9 @@ def document(protocols: Iterable[Protocol], root_path: str = "", config: ServeCo
             if endpoint.request is not None:
                 operation["requestBody"] = request_body(endpoint.request)
                 schemas.update(request_schemas(endpoint.request, config))
+            elif endpoint.body is not None:
+                operation["requestBody"] = {"required": True,
+                                            "content": {"application/json": {"schema": _ref(endpoint.body)}}}
             paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",

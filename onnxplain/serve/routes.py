@@ -6,7 +6,7 @@ Open Inference Protocol V2, /metrics) is a module that builds a `Protocol` and i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -28,6 +28,7 @@ class Context:
     service: "Service"
     info: dict
     protocols: tuple["Protocol", ...]
+    state: Any = None                    # state.ServeState: model name, readiness, metrics, token
 
 
 Handler = Callable[[Context, "Request"], Awaitable["Response"]]
@@ -47,6 +48,7 @@ class Endpoint:
     schema: str | None = None            # the answer's schema in `Protocol.schemas`
     request: "RequestModel | None" = None
     refusals: tuple[int, ...] = ()       # error statuses it documents (descriptions in openapi.REFUSALS)
+    body: str | None = None              # a JSON request body's schema in `Protocol.schemas` (instead of request)
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ def all_commands(group=main, prefix=()):
 def test_every_command_is_listed():
     paths = {" ".join(p) for p in all_commands()}
     assert {"inspect", "explain", "methods", "features", "features peaks", "synth", "synth maximize", "audit",
-            "serve"} <= paths
-    assert len(paths) == 24  # 7 top-level, 9 under features, 8 under synth
+            "serve", "graft"} <= paths
+    assert len(paths) == 25  # 8 top-level, 9 under features, 8 under synth
 
 
 HEAVY = ("onnx", "onnxruntime", "torch", "numpy", "cv2")
