@@ -18,10 +18,20 @@ FLOAT8_TYPES = {TensorProto.FLOAT8E4M3FN: torch.float8_e4m3fn, TensorProto.FLOAT
                 TensorProto.FLOAT8E5M2: torch.float8_e5m2, TensorProto.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz}
 # float8 values are only converted (torch has the types but few kernels for them)
 FLOAT8_OPS = {"Cast", "CastLike", "Identity", "QuantizeLinear", "DequantizeLinear"}
+UNSIGNED_WIDE = {TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64}
+# uint16/32/64 values run through these ops only (computed in int64, see ops.common.unsigned_in_int64)
+UNSIGNED_OPS = {"Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Sum", "Equal", "Less", "LessOrEqual", "Greater",
+                "GreaterOrEqual", "Pow", "TopK", "Cast", "CastLike", "Identity", "QuantizeLinear",
+                "DequantizeLinear"}
+# ops whose first output has their first input's element type (how a narrow type spreads through a graph),
+# and those whose output takes another input's type
+TYPE_KEEPING = {"Identity", "Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Sum", "TopK", "Abs", "Neg",
+                "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Concat", "Slice", "Gather", "Expand",
+                "Tile", "Range"}
+TYPE_FROM_INPUT = {"CastLike": 1, "DequantizeLinear": 1, "QuantizeLinear": 2}
 RUNNABLE_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16,
                   TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
-                  TensorProto.BOOL, *FLOAT8_TYPES}
-UNSIGNED_WIDE = {TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64}
+                  TensorProto.BOOL, *FLOAT8_TYPES, *UNSIGNED_WIDE}
 TYPE_ATTRIBUTES = ("to", "dtype", "output_datatype")
 
 
@@ -67,44 +77,80 @@ def dtype_problem(data_type: int, what: str) -> str | None:
     """Why tensors of an ONNX data type cannot run (None when they can, or when the type is unset)."""
     if data_type == TensorProto.UNDEFINED or data_type in RUNNABLE_TYPES:
         return None
-    if data_type in UNSIGNED_WIDE:
-        return (f"{what} is {type_name(data_type)}, for which torch has almost no kernels; "
-                "use int32/int64 tensors instead")
     return f"{what} is {type_name(data_type)}, which torch cannot compute with"
 
 
 def type_problems(model: onnx.ModelProto) -> list[str]:
-    """Reasons the model's tensor types cannot run: inputs, outputs, weights, constants, casts, float8 uses."""
+    """Reasons the model's tensor types cannot run: inputs, outputs, weights, constants, casts, and float8 or
+    uint16/32/64 values reaching ops that do not take them."""
     graph = model.graph
     found = [p for v in graph.input for p in [value_problem(v, "input")] if p]
     found += [p for v in graph.output for p in [value_problem(v, "output")] if p]
-    float8 = {v.name for v in graph.input if v.type.tensor_type.elem_type in FLOAT8_TYPES}
-    for node, label, sub in walk(graph):
+    for node, label, _ in walk(graph):
         for attr in node.attribute:
             if attr.type == AttributeProto.TENSOR:
-                problem = dtype_problem(attr.t.data_type, f"constant '{node.output[0]}'")
-                if attr.t.data_type in FLOAT8_TYPES:
-                    float8.update(node.output)
+                found.append(dtype_problem(attr.t.data_type, f"constant '{node.output[0]}'"))
             elif attr.type == AttributeProto.INT and attr.name in TYPE_ATTRIBUTES:
-                problem = dtype_problem(attr.i, f"the {node.op_type} output of node '{label}'")
-                if attr.i in FLOAT8_TYPES:
-                    float8.update(node.output)
-            else:
-                continue
-            if problem:
-                found.append(problem)
-        if node.op_type == "CastLike" and len(node.input) > 1 and node.input[1] in float8:
-            float8.update(node.output)
-    for tensor in graph.initializer:
-        problem = dtype_problem(tensor.data_type, f"weight '{tensor.name}'")
-        if problem:
-            found.append(problem)
-        if tensor.data_type in FLOAT8_TYPES:
-            float8.add(tensor.name)
+                found.append(dtype_problem(attr.i, f"the {node.op_type} output of node '{label}'"))
+            elif attr.type == AttributeProto.GRAPHS:
+                found.append(f"node '{label}' ({node.op_type}) holds a list of subgraphs (attribute "
+                             f"{attr.name}), which the converter does not run")
+    for sub in graphs(graph):
+        found += [dtype_problem(t.data_type, f"weight '{t.name}'") for t in sub.initializer]
+    found += consumer_problems(graph, FLOAT8_TYPES, FLOAT8_OPS, "float8 values, which torch only converts")
+    found += consumer_problems(graph, UNSIGNED_WIDE, UNSIGNED_OPS,
+                               "{type} values, which the converter computes with only in arithmetic, comparisons, "
+                               "Max/Min, TopK, casts and quantisation")
+    return [p for p in found if p]
+
+
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph nested in it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs):
+                yield from graphs(sub)
+
+
+def typed_names(graph: onnx.GraphProto, types: set[int] | dict) -> dict[str, int]:
+    """Tensor names (in every subgraph) whose element type is one of `types`, with that type: inputs,
+    weights, constants, cast outputs, and what TYPE_KEEPING ops make of them."""
+    typed: dict[str, int] = {}
+    for sub in graphs(graph):
+        typed.update((v.name, v.type.tensor_type.elem_type) for v in list(sub.input) + list(sub.value_info)
+                     if v.type.tensor_type.elem_type in types)
+        typed.update((t.name, t.data_type) for t in sub.initializer if t.data_type in types)
+    for node, _, _ in walk(graph):
+        produced = None
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and attr.t.data_type in types:
+                produced = attr.t.data_type
+            elif attr.type == AttributeProto.INT and attr.name in TYPE_ATTRIBUTES and attr.i in types:
+                produced = attr.i
+        source = TYPE_FROM_INPUT.get(node.op_type, 0 if node.op_type in TYPE_KEEPING else None)
+        if source is not None and len(node.input) > source and node.input[source] in typed:
+            produced = typed[node.input[source]]
+        if produced is not None and node.output and node.output[0]:
+            typed[node.output[0]] = produced
+    return typed
+
+
+def consumer_problems(graph: onnx.GraphProto, types: set[int] | dict, allowed: set[str], what: str) -> list[str]:
+    """A reason per node outside `allowed` that reads a value of one of `types` (`what` may name {type})."""
+    typed = typed_names(graph, types)
+    found = []
     for node, label, _ in walk(graph):
-        if node.op_type not in FLOAT8_OPS and any(name in float8 for name in node.input):
-            found.append(f"node '{label}' ({node.op_type}) computes on float8 values, which torch only converts")
+        read = next((typed[name] for name in node.input if name in typed), None)
+        if read is not None and node.op_type not in allowed:
+            found.append(f"node '{label}' ({node.op_type}) computes on {what.format(type=type_name(read))}")
     return found
+
+
+def holds_unsigned_wide(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of the model (in any subgraph) is uint16/32/64, so its ops need the int64 path."""
+    return bool(typed_names(model.graph, UNSIGNED_WIDE)) or any(
+        v.type.tensor_type.elem_type in UNSIGNED_WIDE for sub in graphs(model.graph) for v in sub.output)
 
 
 def setting_problems(model: onnx.ModelProto, lookup: Callable[[onnx.NodeProto], Callable | None]) -> list[str]:

@@ -12,11 +12,13 @@ import torch
 from onnx import AttributeProto, TensorProto, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from .checks import walk
+from .checks import TYPE_ATTRIBUTES, graphs, typed_names, walk
 from .errors import UnsupportedModel
 from .registry import DEFAULT_DOMAINS, load_ops, lookup
 
 HALF_TYPES = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+# ops exact in half precision (conversions and selections): half values may run through them
+HALF_OPS = {"Cast", "CastLike", "Identity", "Max", "Min", "Range", "DequantizeLinear"}
 
 
 @dataclass(frozen=True)
@@ -69,35 +71,33 @@ def missing_ops(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
 
 
 def has_half(model: onnx.ModelProto) -> bool:
-    """Whether any input, output, weight, constant or cast of the model is float16/bfloat16."""
-    try:
-        check_precision(model)
-    except UnsupportedModel:
-        return True
-    return False
+    """Whether any input, output, weight, constant or cast of the model (subgraphs included) is
+    float16/bfloat16."""
+    return bool(typed_names(model.graph, HALF_TYPES)) or any(
+        v.type.tensor_type.elem_type in HALF_TYPES for sub in graphs(model.graph) for v in sub.output)
 
 
 def upcast_half(model: onnx.ModelProto) -> onnx.ModelProto:
     """A float32 copy of a float16/bfloat16 model: weights, constants, casts, dtype attributes and declared
-    tensor types (the model itself when nothing is half). Half values are exact in float32, so the copy
-    computes what the model means, without the half rounding between ops; gradient methods then run on it
-    (half-precision gradients are too coarse)."""
+    tensor types, in If/Loop/Scan bodies too (the model itself when nothing is half). Half values are exact
+    in float32, so the copy computes what the model means, without the half rounding between ops; gradient
+    methods then run on it (half-precision gradients are too coarse)."""
     if not has_half(model):
         return model
     model = copy_model(model)
-    graph = model.graph
-    for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type in HALF_TYPES:
-            graph.initializer[index].CopyFrom(float32_tensor(tensor))
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
-                attr.t.CopyFrom(float32_tensor(attr.t))
-            elif attr.type == AttributeProto.INT and attr.name in ("to", "dtype") and attr.i in HALF_TYPES:
-                attr.i = TensorProto.FLOAT
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if value.type.tensor_type.elem_type in HALF_TYPES:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    for graph in graphs(model.graph):
+        for index, tensor in enumerate(graph.initializer):
+            if tensor.data_type in HALF_TYPES:
+                graph.initializer[index].CopyFrom(float32_tensor(tensor))
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
+                    attr.t.CopyFrom(float32_tensor(attr.t))
+                elif attr.type == AttributeProto.INT and attr.name in TYPE_ATTRIBUTES and attr.i in HALF_TYPES:
+                    attr.i = TensorProto.FLOAT
+        for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+            if value.type.tensor_type.elem_type in HALF_TYPES:
+                value.type.tensor_type.elem_type = TensorProto.FLOAT
     return model
 
 
@@ -111,26 +111,44 @@ def float32_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
 
 
+def half_sources(graph: onnx.GraphProto) -> dict[str, str]:
+    """Where half values enter the graph (subgraphs included): input, weight, constant or cast name -> how
+    to name it in a message."""
+    sources: dict[str, str] = {}
+    for sub in graphs(graph):
+        for value in list(sub.input) + list(sub.output):
+            if value.type.tensor_type.elem_type in HALF_TYPES:
+                sources[value.name] = f"{HALF_TYPES[value.type.tensor_type.elem_type]} tensor '{value.name}'"
+        for tensor in sub.initializer:
+            if tensor.data_type in HALF_TYPES:
+                sources[tensor.name] = f"{HALF_TYPES[tensor.data_type]} weight '{tensor.name}'"
+    for node, _, _ in walk(graph):
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
+                sources[node.output[0]] = f"{HALF_TYPES[attr.t.data_type]} constant '{node.output[0]}'"
+            if node.op_type == "Cast" and attr.name == "to" and attr.i in HALF_TYPES:
+                sources[node.output[0]] = f"cast to {HALF_TYPES[attr.i]} '{node.output[0]}'"
+    return sources
+
+
 def check_precision(model: onnx.ModelProto) -> None:
-    """Raise UnsupportedModel for float16/bfloat16 inputs, outputs, weights or casts.
+    """Raise UnsupportedModel where float16/bfloat16 values reach an op that computes with them.
 
     Half-precision gradients are too coarse for attribution and torch's CPU half
     kernels do not match onnxruntime, so such models are refused rather than run loosely.
+    Conversions and selections (HALF_OPS) are exact in half precision and run.
     """
-    graph = model.graph
+    half = typed_names(model.graph, HALF_TYPES)
+    sources = half_sources(model.graph)
     found: list[str] = []
-    for value in list(graph.input) + list(graph.output):
-        if value.type.tensor_type.elem_type in HALF_TYPES:
-            found.append(f"{HALF_TYPES[value.type.tensor_type.elem_type]} tensor '{value.name}'")
-    for tensor in graph.initializer:
-        if tensor.data_type in HALF_TYPES:
-            found.append(f"{HALF_TYPES[tensor.data_type]} weight '{tensor.name}'")
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
-                found.append(f"{HALF_TYPES[attr.t.data_type]} constant '{node.output[0]}'")
-            if node.op_type == "Cast" and attr.name == "to" and attr.i in HALF_TYPES:
-                found.append(f"cast to {HALF_TYPES[attr.i]} '{node.output[0]}'")
+    for node, _, _ in walk(model.graph):
+        if node.op_type in HALF_OPS:
+            continue
+        for name in node.input:
+            if name in half:
+                what = sources.get(name, f"{HALF_TYPES[half[name]]} tensor '{name}'")
+                if what not in found:
+                    found.append(what)
     if found:
         raise UnsupportedModel(
             f"The converter runs float32/float64 models only and this one holds {found[0]}"
@@ -176,7 +194,24 @@ def to_torch_tensor(tensor: TensorProto) -> torch.Tensor:
     array = numpy_helper.to_array(tensor)
     if array.dtype == object or array.dtype.kind in "SU":
         raise UnsupportedModel(f"Tensor '{tensor.name}' holds strings, which the converter cannot run.")
-    return torch.from_numpy(np.array(array, copy=True))
+    return array_to_torch(array, tensor.name)
+
+
+BIT_VIEWS = {"bfloat16": (np.uint16, torch.bfloat16), "float8_e4m3fn": (np.uint8, torch.float8_e4m3fn),
+             "float8_e4m3fnuz": (np.uint8, torch.float8_e4m3fnuz), "float8_e5m2": (np.uint8, torch.float8_e5m2),
+             "float8_e5m2fnuz": (np.uint8, torch.float8_e5m2fnuz)}
+
+
+def array_to_torch(array: np.ndarray, name: str = "") -> torch.Tensor:
+    """A numpy array as a torch tensor; bfloat16 and float8 arrays (ml_dtypes, which torch.from_numpy lacks)
+    through their bits."""
+    view = BIT_VIEWS.get(array.dtype.name)
+    if view is not None:
+        return torch.from_numpy(np.array(array, copy=True).view(view[0])).view(view[1])
+    try:
+        return torch.from_numpy(np.array(array, copy=True))
+    except TypeError:
+        raise UnsupportedModel(f"Tensor '{name}' is {array.dtype.name}, which torch cannot hold.") from None
 
 
 def sparse_to_dense(sparse: onnx.SparseTensorProto) -> torch.Tensor:

@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from .checks import refusal_message, refusals
+from .checks import holds_unsigned_wide, refusal_message, refusals
 from .errors import UnknownTensor, UnsupportedModel, UnsupportedOp
 from .graph import (NodeInfo, attribute_values, call_arguments, check_precision, missing_ops, node_label,
                     opset_versions, to_torch_tensor, topological_order)
@@ -66,7 +66,9 @@ class OnnxModule(nn.Module):
     whatever upstream work is then not needed.
     """
 
-    def __init__(self, model: onnx.ModelProto, *, requires_grad: bool = False):
+    def __init__(self, model: onnx.ModelProto, *, requires_grad: bool = False, unsigned: bool = False):
+        """`unsigned`: compute uint16/32/64 values in int64 even if this graph declares none (a body reading
+        such values from its enclosing graph); found by itself otherwise."""
         super().__init__()
         missing = missing_ops(model)
         if missing:
@@ -85,6 +87,7 @@ class OnnxModule(nn.Module):
         self._clip_upper: str | None = None
         self._plans: dict[tuple, Plan] = {}
         self._model = model  # bodies of If/Loop/Scan take its opsets; only needed while building
+        self._unsigned = unsigned or holds_unsigned_wide(model)  # ops then take their int64 path
 
         initializers = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
@@ -135,13 +138,16 @@ class OnnxModule(nn.Module):
     def _add_node(self, node: onnx.NodeProto, info: NodeInfo, requires_grad: bool) -> None:
         """Turn one node into a constant, an alias of a weight, or a runtime step."""
         fn = lookup(node.op_type, self.opset)
+        if self._unsigned:
+            fn = getattr(fn, "unsigned", fn)
         attrs = attribute_values(node)
         kwargs = call_arguments(fn, node, attrs)
         inputs = list(node.input)
         graphs = {k: v for k, v in kwargs.items() if isinstance(v, onnx.GraphProto)}
         if graphs:  # If/Loop/Scan: each body becomes a submodule; outer-scope names are extra inputs
             bodies, scope = build_bodies(graphs, self._model,
-                                         lambda proto: OnnxModule(proto, requires_grad=requires_grad))
+                                         lambda proto: OnnxModule(proto, requires_grad=requires_grad,
+                                                                    unsigned=self._unsigned))
             for key, body in bodies.items():
                 module_key, n = f"{sanitise(info.name)}_{key}", 1
                 while hasattr(self, module_key):

@@ -22,6 +22,7 @@ import torch
 from onnx import numpy_helper
 
 import onnxtorch
+from onnxtorch.graph import array_to_torch
 
 PREFIX = "onnx/backend/test/data/node/"
 RTOL, ATOL = 1e-3, 1e-7
@@ -143,11 +144,9 @@ def onnxruntime_outputs(model: onnx.ModelProto, inputs: tuple) -> tuple:
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """A test input as a torch tensor (float8 arrays through their bytes: torch.from_numpy lacks them)."""
-    name = np.dtype(array.dtype).name
-    if name.startswith("float8"):
-        return torch.from_numpy(array.view(np.uint8).copy()).view(getattr(torch, name))
-    return torch.from_numpy(np.array(array, copy=True))
+    """A test input as a torch tensor (bfloat16 and float8 arrays through their bits: torch.from_numpy
+    lacks them)."""
+    return array_to_torch(array)
 
 
 def compare(outputs: tuple, expected: tuple) -> str:

@@ -110,5 +110,5 @@ g (float[2] x, bool c) => (float y) {
                else_branch = e () => (float b) { b = Sigmoid(x) }>
 }''')
     proto.graph.node[0].attribute[1].g.node[0].op_type = "NoSuchOp"
-    with pytest.raises(onnxtorch.UnsupportedOp, match=r"NoSuchOp \(opset 17, node '#0 -> b'\)"):
+    with pytest.raises(onnxtorch.UnsupportedOp, match=r"NoSuchOp \(opset 17, node '#0 -> y/else_branch/#0 -> b'\)"):
         onnxtorch.to_torch(proto)

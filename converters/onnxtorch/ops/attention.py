@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..checks import refuses
 from ..errors import UnsupportedModel
 from ..registry import register
 
@@ -29,14 +30,45 @@ def heads_first(t: torch.Tensor, heads: int | None) -> torch.Tensor:
     return t.reshape(b, s, heads, hidden // heads).transpose(1, 2)
 
 
+def padding_refusal(inputs: list, *, is_causal: int = 0, **_) -> str | None:
+    """nonpad_kv_seqlen (opset 24) is converted as a key padding mask; with causal masking its per-batch
+    offset rule changed between onnx releases, and the spec forbids it with a past cache."""
+    if len(inputs) < 7 or inputs[6] is None:
+        return None
+    if is_causal:
+        return "combines nonpad_kv_seqlen with is_causal, which the converter does not handle"
+    if len(inputs) > 4 and any(i is not None for i in inputs[4:6]):
+        return "combines nonpad_kv_seqlen with past key/value inputs, which the spec forbids"
+    return None
+
+
+def key_padding(lengths: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """[B, 1, 1, total] True where key j < the sample's non-padding length (nonpad_kv_seqlen)."""
+    return (torch.arange(total, device=device) < lengths.to(device).reshape(-1, 1)).reshape(-1, 1, 1, total)
+
+
+def widen_mask(mask: torch.Tensor, total: int, past: bool) -> torch.Tensor:
+    """A mask shorter than the keys: with a past cache it covers the new keys only, and the past ones stay
+    visible (onnxruntime); without one, the keys beyond it are masked out (the spec's reference)."""
+    shape = mask.shape[:-1] + (total - mask.shape[-1],)
+    if mask.dtype == torch.bool:
+        pad = torch.full(shape, past, dtype=torch.bool, device=mask.device)
+    else:
+        pad = torch.full(shape, 0.0 if past else -math.inf, dtype=mask.dtype, device=mask.device)
+    return torch.cat([pad, mask] if past else [mask, pad], -1)
+
+
+@refuses(padding_refusal)
 @register("Attention", since=23)
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-              past_key: torch.Tensor | None = None, past_value: torch.Tensor | None = None, *,
+              past_key: torch.Tensor | None = None, past_value: torch.Tensor | None = None,
+              nonpad_kv_seqlen: torch.Tensor | None = None, *,
               is_causal: int = 0, kv_num_heads: int | None = None, q_num_heads: int | None = None,
               qk_matmul_output_mode: int = 0, scale: float | None = None, softcap: float = 0.0,
               softmax_precision: int | None = None, output_count: int = 1):
     """Scaled dot-product attention with optional mask (bool: attend where true; float: added), causal
-    masking offset by the past length, grouped key/value heads, softcap; returns Y, present key/value and
+    masking offset by the past length, padded keys past nonpad_kv_seqlen masked out (opset 24), grouped
+    key/value heads, softcap; returns Y, present key/value and
     the QK values at the stage qk_matmul_output_mode names, in onnxruntime's order (0 scaled QK, 1 softcapped,
     2 plus mask, 3 softmax)."""
     three_d = q.dim() == 3
@@ -62,13 +94,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
         bias = bias.masked_fill(~allowed, torch.finfo(qk.dtype).min)  # onnxruntime: lowest, not -inf
     if attn_mask is not None:
         mask = attn_mask.to(qk.device)
-        if mask.shape[-1] < total:  # a mask for the new keys only leaves the past ones visible
-            pad = torch.zeros(mask.shape[:-1] + (total - mask.shape[-1],), dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([~pad if mask.dtype == torch.bool else pad, mask], -1)
+        if mask.shape[-1] < total:
+            mask = widen_mask(mask, total, past_key is not None)
         if mask.dtype == torch.bool:
             bias = bias.masked_fill(~mask, torch.finfo(qk.dtype).min)
         else:
             bias = bias + mask.to(qk.dtype)
+    if nonpad_kv_seqlen is not None:
+        bias = bias.masked_fill(~key_padding(nonpad_kv_seqlen, total, qk.device), torch.finfo(qk.dtype).min)
     capped = softcap * torch.tanh(qk / softcap) if softcap > 0 else qk  # onnxruntime caps before the mask
     scores = capped + bias
     stages += [capped, scores]

@@ -1,7 +1,9 @@
-"""Small helpers shared by the op functions: shape-like values as Python ints, dtypes."""
+"""Small helpers shared by the op functions: shape-like values as Python ints, dtypes, the int64 path for
+uint16/32/64 values."""
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 from onnx import TensorProto
@@ -74,3 +76,48 @@ def to_dtype(onnx_type: int) -> torch.dtype:
         return ONNX_TO_TORCH_DTYPE[onnx_type]
     except KeyError:
         raise UnsupportedModel(f"ONNX data type {TensorProto.DataType.Name(onnx_type)} has no torch equivalent")
+
+
+UNSIGNED_WIDE = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def as_int64(x, op: str):
+    """A uint16/32/64 tensor as int64 (other values unchanged); uint64 values must fit, checked here."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in UNSIGNED_WIDE:
+        return x
+    if x.dtype != torch.uint64:
+        return x.to(torch.int64)
+    signed = x.view(torch.int64)
+    if bool((signed < 0).any()):
+        raise UnsupportedModel(f"{op} reads uint64 values of 2**63 or more, which the converter cannot compute "
+                               "with (it computes unsigned values in int64)")
+    return signed
+
+
+def back_to(x, dtype: torch.dtype):
+    """An int64 result in the unsigned type its inputs had (wrapping as that type does)."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
+        return x
+    return x.view(torch.uint64) if dtype == torch.uint64 else x.to(dtype)
+
+
+def unsigned_in_int64(keeps_type: tuple[int, ...] = (0,)) -> Callable[[Callable], Callable]:
+    """Decorator: attach to an op function `fn.unsigned`, a version that computes uint16/32/64 inputs in int64
+    (torch has almost no kernels for them) and gives the outputs listed in `keeps_type` back in the first
+    input's unsigned type. Sums, differences and products wrap as the unsigned type does (int64 arithmetic
+    agrees modulo 2**64); the module uses it only for models holding such values."""
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def unsigned(*args, **kwargs):
+            if not any(isinstance(a, torch.Tensor) and a.dtype in UNSIGNED_WIDE for a in args):
+                return fn(*args, **kwargs)
+            first = args[0].dtype if isinstance(args[0], torch.Tensor) else None
+            result = fn(*[as_int64(a, fn.__name__) for a in args], **kwargs)
+            if first not in UNSIGNED_WIDE:
+                return result
+            if isinstance(result, tuple):
+                return tuple(back_to(r, first) if i in keeps_type else r for i, r in enumerate(result))
+            return back_to(result, first) if 0 in keeps_type else result
+        fn.unsigned = unsigned
+        return fn
+    return decorate

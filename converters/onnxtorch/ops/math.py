@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register
-from .common import same_device
+from .common import same_device, unsigned_in_int64
 
 
 @register("Add")
+@unsigned_in_int64()
 def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a + b with numpy broadcasting."""
     a, b = same_device(a, b)
@@ -18,6 +19,7 @@ def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @register("Sub")
+@unsigned_in_int64()
 def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a - b."""
     a, b = same_device(a, b)
@@ -25,6 +27,7 @@ def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @register("Mul")
+@unsigned_in_int64()
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a * b."""
     a, b = same_device(a, b)
@@ -32,6 +35,7 @@ def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @register("Div")
+@unsigned_in_int64()
 def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a / b; integer division truncates toward zero, as onnxruntime does."""
     a, b = same_device(a, b)
@@ -41,6 +45,7 @@ def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @register("Mod", since=10)
+@unsigned_in_int64()
 def mod(a: torch.Tensor, b: torch.Tensor, *, fmod: int = 0) -> torch.Tensor:
     """Remainder with the divisor's sign (fmod=0) or the dividend's (fmod=1, C fmod)."""
     a, b = same_device(a, b)
@@ -48,6 +53,7 @@ def mod(a: torch.Tensor, b: torch.Tensor, *, fmod: int = 0) -> torch.Tensor:
 
 
 @register("Pow")
+@unsigned_in_int64()
 def pow_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a ** b, in a's dtype (the exponent may have another type since opset 12)."""
     a, b = same_device(a, b)
@@ -145,6 +151,7 @@ def fold(fn, tensors) -> torch.Tensor:
 
 
 @register("Sum")
+@unsigned_in_int64()
 def sum_(*tensors: torch.Tensor) -> torch.Tensor:
     """Elementwise sum of all inputs."""
     return fold(torch.add, tensors)
@@ -157,42 +164,49 @@ def mean(*tensors: torch.Tensor) -> torch.Tensor:
 
 
 @register("Max")
+@unsigned_in_int64()
 def max_(*tensors: torch.Tensor) -> torch.Tensor:
     """Elementwise maximum of all inputs."""
     return fold(torch.maximum, tensors)
 
 
 @register("Min")
+@unsigned_in_int64()
 def min_(*tensors: torch.Tensor) -> torch.Tensor:
     """Elementwise minimum of all inputs."""
     return fold(torch.minimum, tensors)
 
 
 @register("Equal")
+@unsigned_in_int64(keeps_type=())
 def equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a == b."""
     return torch.eq(*same_device(a, b))
 
 
 @register("Less")
+@unsigned_in_int64(keeps_type=())
 def less(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a < b."""
     return torch.lt(*same_device(a, b))
 
 
 @register("LessOrEqual", since=12)
+@unsigned_in_int64(keeps_type=())
 def less_or_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a <= b."""
     return torch.le(*same_device(a, b))
 
 
 @register("Greater")
+@unsigned_in_int64(keeps_type=())
 def greater(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a > b."""
     return torch.gt(*same_device(a, b))
 
 
 @register("GreaterOrEqual", since=12)
+@unsigned_in_int64(keeps_type=())
 def greater_or_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a >= b."""
     return torch.ge(*same_device(a, b))

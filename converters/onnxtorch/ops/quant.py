@@ -16,14 +16,16 @@ from ..errors import UnsupportedModel
 from ..registry import register
 from .common import to_dtype
 from .conv import conv
+from .tensor import FLOAT8, convert
 
 INTEGER_TYPES = (torch.uint8, torch.int8, torch.uint16, torch.int16, torch.int32)
 
 
-def integer_type(zero_point: torch.Tensor | None, output_dtype: int = 0) -> torch.dtype:
-    """The quantised type: the zero point's, else the output_dtype attribute's, else uint8."""
+def integer_type(zero_point: torch.Tensor | None, output_dtype: int = 0, *, float8: bool = False) -> torch.dtype:
+    """The quantised type: the zero point's, else the output_dtype attribute's, else uint8 (float8 types
+    where the op allows them)."""
     dtype = zero_point.dtype if zero_point is not None else to_dtype(output_dtype) if output_dtype else torch.uint8
-    if dtype not in INTEGER_TYPES:
+    if dtype not in INTEGER_TYPES and not (float8 and dtype in FLOAT8):
         raise UnsupportedModel(f"Quantisation to {dtype} is not supported (8-, 16- and 32-bit integers are)")
     return dtype
 
@@ -41,14 +43,20 @@ def per_axis(value: torch.Tensor, like: torch.Tensor, axis: int, block_size: int
     return value.reshape(shape)
 
 
-def straight_through(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """q rounded half to even and saturated to `dtype`. Backward: rounding is the identity, saturation is
-    not (zero gradient where q is clipped, as torch's fake_quantize), since quantisers often stand in for
-    a ReLU or ReLU6 that the quantiser folded into the zero point and range."""
-    info = torch.iinfo(dtype)
+def round_through(q: torch.Tensor) -> torch.Tensor:
+    """q rounded half to even; in backward the rounding is the identity (the straight-through estimator)."""
     if not q.requires_grad:
-        return q.round().clamp(info.min, info.max).to(dtype)
-    return (q + (q.detach().round() - q.detach())).clamp(info.min, info.max)
+        return q.round()
+    return q + (q.detach().round() - q.detach())
+
+
+def saturate(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Integer values q clamped to `dtype`'s range: in that dtype, or float-held when q carries a gradient
+    (zero gradient where q is clipped, as torch's fake_quantize, since quantisers often stand in for a ReLU
+    or ReLU6 folded into the zero point and range)."""
+    info = torch.iinfo(dtype)
+    q = q.clamp(info.min, info.max)
+    return q if q.requires_grad else q.to(dtype)
 
 
 def as_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -57,12 +65,18 @@ def as_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, dtype: torch.dtype,
-             axis: int = 1, block_size: int = 0) -> torch.Tensor:
-    """saturate(round(x / scale) + zero_point) in `dtype`, straight-through in backward."""
+             axis: int = 1, block_size: int = 0, saturate_float8: int = 1) -> torch.Tensor:
+    """saturate(round(x / scale) + zero_point) in `dtype` (the spec's order: the zero point is added to the
+    rounded value), straight-through in backward; into a float8 type, x / scale + zero_point rounded to
+    the nearest float8 value (saturating or not as `saturate_float8` says)."""
     q = as_float(x, scale.dtype) / per_axis(scale, x, axis, block_size)
-    if zero_point is not None:
-        q = q + per_axis(zero_point, x, axis, block_size).to(q.dtype)
-    return straight_through(q, dtype)
+    zero = None if zero_point is None else per_axis(zero_point, x, axis, block_size).to(q.dtype)
+    if dtype in FLOAT8:
+        q = q if zero is None else q + zero
+        y = convert(q.detach(), dtype, saturate_float8)
+        return y if not q.requires_grad else q + (y.to(q.dtype) - q.detach())
+    q = round_through(q)
+    return saturate(q if zero is None else q + zero, dtype)
 
 
 @register("QuantizeLinear", since=10)
@@ -72,7 +86,8 @@ def quantize_linear(x: torch.Tensor, y_scale: torch.Tensor, y_zero_point: torch.
     """ONNX QuantizeLinear (per tensor, per axis from 13, per block from 21)."""
     if precision:
         raise UnsupportedModel("QuantizeLinear with a precision attribute is not supported")
-    return quantize(x, y_scale, y_zero_point, integer_type(y_zero_point, output_dtype), axis, block_size)
+    dtype = integer_type(y_zero_point, output_dtype, float8=True)
+    return quantize(x, y_scale, y_zero_point, dtype, axis, block_size, saturate)
 
 
 @register("DequantizeLinear", since=10)
@@ -133,10 +148,10 @@ def conv_integer(x: torch.Tensor, w: torch.Tensor, x_zero_point: torch.Tensor | 
 
 def requantize(acc: torch.Tensor, multiplier: torch.Tensor, zero_point: torch.Tensor | None) -> torch.Tensor:
     """saturate(round(acc * multiplier) + zero_point) in the zero point's type, straight-through."""
-    q = acc * multiplier
+    q = round_through(acc * multiplier)
     if zero_point is not None:
         q = q + zero_point.to(device=acc.device, dtype=torch.float32)
-    return straight_through(q, integer_type(zero_point))
+    return saturate(q, integer_type(zero_point))
 
 
 @register("QLinearConv", since=10)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..checks import DYNAMIC, refuses
 from ..errors import UnsupportedModel
 from ..registry import register
-from .common import axis_list, ints, scalar, to_dtype
+from .common import axis_list, ints, scalar, to_dtype, unsigned_in_int64
 
 
 @register("Constant")
@@ -83,27 +84,41 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 
 
 def dropout_refusal(inputs: list, *, seed: int | None = None, **_) -> str | None:
-    """Training-mode dropout draws a random mask no seed reproduces across runtimes: refused unless it is
-    known to be off (training_mode absent or a constant false) or to drop nothing (a constant ratio 0)."""
+    """Training-mode dropout without a seed draws a random mask no runtime reproduces: refused unless it is
+    known to be off (training_mode absent or a constant false) or to drop nothing (a constant ratio 0).
+    With a seed the mask is the spec reference's (numpy's generator seeded with it), so it runs."""
     training = inputs[2] if len(inputs) > 2 else None
-    if training is None:
+    if training is None or seed is not None:
         return None
     if training is DYNAMIC:
-        return "takes training_mode at run time, and training-mode dropout draws random masks"
+        return "takes training_mode at run time without a seed, and such dropout draws random masks"
     ratio = inputs[1] if len(inputs) > 1 else None
     if bool(training.reshape(-1)[0]) and not (ratio is not DYNAMIC and ratio is not None and float(ratio) == 0):
-        return "runs in training mode, whose random masks no seed reproduces outside onnxruntime"
+        return "runs in training mode without a seed, and its random masks no runtime reproduces"
     return None
+
+
+def seeded_mask(shape: torch.Size, ratio: float, seed: int) -> torch.Tensor:
+    """The spec reference's training-mode mask: uniform draws of numpy's generator seeded with `seed`, kept
+    where they reach `ratio`."""
+    return torch.from_numpy(np.random.RandomState(seed).uniform(0.0, 1.0, tuple(shape)) >= ratio)
 
 
 @refuses(dropout_refusal)
 @register("Dropout")
 def dropout(x: torch.Tensor, ratio=None, training_mode=None, *, seed: int | None = None, is_test: int = 0,
             output_count: int = 1):
-    """Inference dropout: x unchanged (and an all-true mask when the node asks for one)."""
-    if output_count > 1:
-        return x, torch.ones(x.shape, dtype=torch.bool, device=x.device)
-    return x
+    """Inference dropout (training_mode absent or false, or ratio 0): x unchanged and an all-true mask.
+    Training mode with a seed: x * mask / (1 - ratio) with the reference's seeded mask (the same on every
+    call, as the reference draws it)."""
+    p = float(scalar(ratio, 0.5))
+    if training_mode is None or not bool(scalar(training_mode)) or p == 0:
+        return (x, torch.ones(x.shape, dtype=torch.bool, device=x.device)) if output_count > 1 else x
+    if seed is None:
+        raise UnsupportedModel("Dropout in training mode needs a seed for the converter to draw its mask")
+    mask = seeded_mask(x.shape, p, seed).to(x.device)
+    y = x * mask.to(x.dtype) * (1.0 / (1.0 - p))
+    return (y, mask) if output_count > 1 else y
 
 
 @register("Concat")
@@ -279,6 +294,7 @@ def trilu(x: torch.Tensor, k=None, *, upper: int = 1) -> torch.Tensor:
 
 
 @register("TopK")
+@unsigned_in_int64()
 def top_k(x: torch.Tensor, K=None, *, axis: int = -1, largest: int = 1, sorted: int = 1, k: int | None = None):
     """The k largest (or smallest) values along `axis` and their int64 indices (k: attribute before opset 10);
     tied values come in ascending index order, as the spec and onnxruntime give them."""
