@@ -62,13 +62,15 @@ class Explainer:
     `engine` runs the forward-only methods on onnxruntime ("ort") or on the torch converter ("torch",
     same results); "auto" is ort, except that device "cuda" switches to torch (with a logged warning) when
     onnxruntime cannot use CUDA but torch can. `batch_size` is the most images per forward pass; fewer
-    are run when the free memory of the device is short for the model's activations.
+    are run when the free memory of the device is short for the model's activations. `threads` sets
+    onnxruntime's intra-op threads (None: one per core), as batch jobs and Ray actors need.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Model, preprocess: str | Preprocess | None = None,
                  device: str = "auto", labels: str | os.PathLike | Sequence[str] | None = None,
                  batch_size: int = 32, quiet: bool = False, input_name: str | None = None,
-                 input_size: tuple[int, int] | None = None, engine: str = "auto"):
+                 input_size: tuple[int, int] | None = None, engine: str = "auto", threads: int | None = None):
+        self.threads = threads
         self.model = Model.load(model, probe_size=input_size)
         meta = self.model.metadata
         self.input = next((i for i in self.model.inputs if i.name == input_name), self.model.inputs[0]) \
@@ -105,7 +107,7 @@ class Explainer:
         """A runtime for `proto` (the model, or a tail of it) on this explainer's engine and device."""
         if self.engine == "torch":
             return TorchRuntime(proto, lambda: self.module, self.torch_device, batch_size, self.quiet, per_image)
-        return Runtime(proto, self.providers, batch_size, self.quiet, per_image)
+        return Runtime(proto, self.providers, batch_size, self.quiet, per_image, self.threads)
 
     def _convertible(self) -> bool:
         """Whether the torch converter takes this model (cheap: nothing is built)."""
