@@ -154,7 +154,7 @@ class Worker:
                 rows[i]["explanations"].append(self._summary(items[i].name, attribution, maps))
 
     def _embed(self, items: Sequence[Item], batch: "Prepared", maps: dict) -> None:
-        from ..features.embed import pooled
+        from ..features.common import pooled
         model = self.explainer.model
         layer = model.resolve_layer(self.spec.embed, self.spec.output)
         values = self.explainer.forward(batch, [layer])[layer]

@@ -269,3 +269,18 @@ def test_ray_gives_the_same_results_as_the_in_process_job(tmp_path, model, local
     assert len(ray_rows) == 41
     assert_same(ray_rows, local)
     assert_same_maps(read_maps(tmp_path / "ray"), read_maps(tmp_path / "local"), 80)
+
+
+def test_an_embed_job_stores_the_vectors_features_embed_gives(tmp_path, model):
+    from onnxplain.explainer import Explainer
+    from onnxplain.features.embed import embed
+    write_images(tmp_path / "imgs", 5)
+    run_job(JobSpec(model, methods=(), embed="auto", preset="raw01", batch_size=2), tmp_path / "imgs", tmp_path / "out")
+    stored = read_maps(tmp_path / "out")
+    reference = embed(Explainer(model, preprocess="raw01", quiet=True), str(tmp_path / "imgs"))
+    layer = reference.layer
+    assert len(stored) == 5
+    for name, vector in zip(reference.names, reference.vectors):
+        relative = Path(name).resolve().relative_to((tmp_path / "imgs").resolve()).as_posix() \
+            if Path(name).is_absolute() else name
+        np.testing.assert_allclose(stored[f"{relative}::embed::{layer}"], vector, rtol=1e-5, atol=1e-7)
