@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-HTML_EVERY = 10  # images between HTML rewrites (audit.json is rewritten after every image)
+HTML_EVERY = 10  # kept for callers; the report is now built once, from the log, when the audit ends
 THUMB = 128      # pixels, long side of the thumbnails embedded in the report
 
 # name -> (per method, higher is better, what it needs, what it means)
@@ -112,8 +112,8 @@ class AuditOptions:
     insertion_baseline: str = "blur"
     tolerance: float = 15.0
     sanity: bool = True
-    sanity_images: int = 2
-    sanity_steps: int = 4
+    sanity_images: int = 1  # sized so 5 photos with grad-cam and occlusion, an int8 compare and the sanity check
+    sanity_steps: int = 2   # take under 5 minutes on a 2-core CPU (see the README); raise them for a stricter check
     top: int = 5
 
 
@@ -154,7 +154,8 @@ def parse_method_params(pairs: Sequence[str], methods: Sequence[str]) -> dict[st
 
 # ---- the audit ----------------------------------------------------------------------------------
 class Audit:
-    """Runs the audit image by image and keeps `audit.json` (and, every few images, the HTML) current."""
+    """Runs the audit image by image, appending each record to `audit.log.jsonl` and each thumbnail to
+    `thumbs/`; `write` builds `audit.json` and the HTML from the log (memory stays flat over the images)."""
 
     def __init__(self, explainer: "Explainer", other: "Explainer | None", options: AuditOptions,
                  boxes: dict | None, root: Path, out: Path, thresholds: Sequence[Threshold] = (),
@@ -163,12 +164,26 @@ class Audit:
         self.boxes, self.root, self.out = boxes, root, out
         self.thresholds = list(thresholds)
         self.model_paths = list(model_paths)
-        self.records: list[dict] = []
-        self.thumbs: dict[str, str] = {}   # key -> base64 PNG, for the HTML only
+        from .audit_log import AuditLog
+        self.log = AuditLog(out)
+        self.cost: dict | None = None  # the plan in forward passes, when worked out before the run
         self.sanity: dict[str, Any] = {}
         self.drift_skipped: dict[str, str] = {}  # method -> why the second model cannot run it
         self.interrupted = False
         self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+
+    @property
+    def records(self) -> list[dict]:
+        """Every record so far, read back from the log."""
+        return list(self.log.records())
+
+    @property
+    def thumbs(self):
+        """key -> base64 PNG, read from the thumbnail files when the HTML asks."""
+        return self.log.thumb_map()
+
+    def _thumb(self, key: str, image) -> None:
+        self.log.put_thumb(key, _thumb_png(image))
 
     def layer_for(self, method: str) -> str | None:
         from . import methods as registry
@@ -179,13 +194,13 @@ class Audit:
         from .errors import ImageError
         from .metrics import boxes_for, deletion_insertion, image_drift, pointing_hit
         explainer, options = self.explainer, self.options
-        key = str(len(self.records))
+        key = str(self.log.count)
         name = _display_name(path, self.root)
         try:
             batch = explainer.prepare([str(path)])
         except ImageError as exc:
             record = {"id": key, "image": name, "error": str(exc)}
-            self.records.append(record)
+            self.log.append(record)
             return record
         [prediction] = explainer.predict(batch, top=options.top)
         index, label, _, probability = prediction.top[0]
@@ -195,7 +210,7 @@ class Audit:
             "prediction": {"index": index, "name": label, "probability": probability},
             "top": [{"index": i, "name": n, "probability": p} for i, n, _, p in prediction.top],
             "methods": {}}
-        self.thumbs[key + "/image"] = _png64(batch.originals[0])
+        self._thumb(key + "/image", batch.originals[0])
         boxes = boxes_for(self.boxes, path, self.root) if self.boxes is not None else None
         if boxes is not None:
             record["boxes"] = [list(b) for b in boxes]
@@ -214,7 +229,7 @@ class Audit:
             if boxes is not None:
                 entry["pointing"] = pointing_hit(attribution.heatmap, boxes, options.tolerance)
             record["methods"][method] = entry
-            self.thumbs[f"{key}/{method}"] = _png64(_marked_overlay(attribution, boxes))
+            self._thumb(f"{key}/{method}", _marked_overlay(attribution, boxes))
         if self.other is not None:
             methods = [m for m in options.methods if m not in self.drift_skipped]
             drift = image_drift(explainer, self.other, str(path), methods, options.layer, options.top,
@@ -225,7 +240,7 @@ class Audit:
                                "name": names[drift.top_b[0]] if drift.top_b[0] < len(names) else ""},
                 "probability_of_top1": drift.probability_b, "top1_agree": drift.top1_agree,
                 "top5_overlap": drift.top5_overlap, "spearman": drift.spearman, "ssim": drift.ssim}
-        self.records.append(record)
+        self.log.append(record)
         return record
 
     def add_sanity(self, paths: Sequence[Path]) -> None:
@@ -240,14 +255,14 @@ class Audit:
                                   depths=self.options.sanity_steps, independent=self.options.sanity_steps,
                                   progress_desc=f"sanity {method}", **self.options.params.get(method, {}))
             self.sanity[method] = result.as_dict()
-            self.thumbs[f"sanity/{method}/original"] = _png64(colorize(normalise(result.original)))
+            self._thumb(f"sanity/{method}/original", colorize(normalise(result.original)))
             for k, step in enumerate(result.steps):
                 if step.example is not None:
-                    self.thumbs[f"sanity/{method}/{k}"] = _png64(colorize(normalise(step.example)))
+                    self._thumb(f"sanity/{method}/{k}", colorize(normalise(step.example)))
 
-    def ordered(self) -> list[dict]:
+    def ordered(self, records: Sequence[dict] | None = None) -> list[dict]:
         """Records in report order: with a second model the images that drift most first, else by name."""
-        records = [r for r in self.records if "error" not in r]
+        records = [r for r in (self.records if records is None else records) if "error" not in r]
         if self.other is None:
             return sorted(records, key=lambda r: r["image"])
 
@@ -257,9 +272,10 @@ class Audit:
             return (c["top1_agree"], c["top5_overlap"], sum(values) / len(values) if values else 1.0)
         return sorted(records, key=drift_key)
 
-    def summary(self) -> dict:
+    def summary(self, records: Sequence[dict] | None = None) -> dict:
         """Per-method means and the model-level agreement: the values thresholds are checked against."""
-        done = [r for r in self.records if "error" not in r]
+        records = self.records if records is None else records
+        done = [r for r in records if "error" not in r]
         methods = {}
         for method in self.options.methods:
             entries = [r["methods"][method] for r in done if method in r["methods"]]
@@ -281,15 +297,16 @@ class Audit:
                 values["drift_spearman"] = _mean([r["compare"]["spearman"][method] for r in done
                                                   if method in r["compare"]["spearman"]])
             methods[method] = values
-        summary: dict[str, Any] = {"images": len(done), "errors": len(self.records) - len(done), "methods": methods}
+        summary: dict[str, Any] = {"images": len(done), "errors": len(records) - len(done), "methods": methods}
         if self.other is not None:
             summary["top1_agreement"] = _mean([float(r["compare"]["top1_agree"]) for r in done])
             summary["top5_overlap"] = _mean([r["compare"]["top5_overlap"] for r in done])
         return summary
 
     def report(self) -> dict:
-        """Everything the audit found, JSON-ready (no images)."""
-        summary = self.summary()
+        """Everything the audit found, JSON-ready (no images), built from the log."""
+        records = self.records
+        summary = self.summary(records)
         options = asdict(self.options)
         return {
             "schema_version": SCHEMA_VERSION, "started": self.started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -300,7 +317,8 @@ class Audit:
             "violations": check_thresholds(summary, self.thresholds),
             "sanity": self.sanity, "drift_skipped": self.drift_skipped,
             "metrics": {name: meta[3] for name, meta in METRICS.items()},
-            "images": self.ordered(), "errors": [r for r in self.records if "error" in r]}
+            "images": self.ordered(records), "errors": [r for r in records if "error" in r],
+            "cost": self.cost, "log": self.log.path.name}
 
     def write(self, html: bool = True) -> dict:
         """Rewrite audit.json (and audit.html) from what is done so far; returns the report."""
@@ -362,10 +380,10 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
     if other is not None and torch_methods and _converter_missing(other):
         audit.drift_skipped = {m: "the second model has ops the torch converter does not take (quantised models "
                                   "often do), so gradient methods cannot run on it" for m in torch_methods}
+    audit.cost = _plan(audit, paths, quiet)
     try:
         for path in progress(paths, desc="audit", quiet=quiet, unit="image"):
-            audit.add_image(path)
-            audit.write(html=len(audit.records) % HTML_EVERY == 0)
+            audit.add_image(path)  # appended to the log; audit.json and the HTML are built once, at the end
         if options.sanity:
             audit.add_sanity(paths)
     except BaseException:  # Ctrl-C (or a failure): what is done is still written, marked incomplete
@@ -394,6 +412,24 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _plan(audit: Audit, paths: Sequence[Path], quiet: bool) -> dict | None:
+    """The audit's cost in forward passes per step (measured on the first readable image), printed first."""
+    import sys
+    from .audit_log import audit_cost, format_cost
+    from .errors import ImageError
+    for path in paths:
+        try:
+            first = audit.explainer.prepare([str(path)])
+        except ImageError:
+            continue
+        cost = audit_cost(audit.explainer, audit.options, len(paths), audit.other is not None, first,
+                          audit.layer_for)
+        if not quiet:
+            print(format_cost(cost), file=sys.stderr)
+        return cost
+    return None
+
+
 # ---- small helpers ------------------------------------------------------------------------------
 def _converter_missing(explainer: "Explainer") -> bool:
     """True when the torch converter cannot take the explainer's model."""
@@ -418,6 +454,12 @@ def _png64(image) -> str:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
     return base64.b64encode(encode_png(thumb)).decode("ascii")
+
+
+def _thumb_png(image) -> bytes:
+    """A thumbnail (long side THUMB pixels) of an RGB uint8 image as PNG bytes."""
+    import base64
+    return base64.b64decode(_png64(image))
 
 
 def _marked_overlay(attribution, boxes):

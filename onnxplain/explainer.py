@@ -70,14 +70,17 @@ class Explainer:
     `engine` runs the forward-only methods on onnxruntime ("ort") or on the torch converter ("torch",
     same results); "auto" is ort, except that device "cuda" switches to torch (with a logged warning) when
     onnxruntime cannot use CUDA but torch can. `batch_size` is the most images per forward pass; fewer
-    are run when the free memory of the device is short for the model's activations.
+    are run when the free memory of the device is short for the model's activations. `threads` sets
+    onnxruntime's intra-op threads (None: one per core), as batch jobs and Ray actors need.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Model, preprocess: str | Preprocess | None = None,
                  device: str = "auto", labels: str | os.PathLike | Sequence[str] | None = None,
                  batch_size: int = 32, quiet: bool = False, input_name: str | None = None,
                  input_size: tuple[int, int] | str | None = None, engine: str = "auto", resize: str | None = None,
-                 order: str | None = None, layout: str | None = None, detector: str | None = None):
+                 order: str | None = None, layout: str | None = None, detector: str | None = None,
+                 threads: int | None = None):
+        self.threads = threads
         self.model = Model.load(model)
         self.task = understand(self.model, input_size, resize, order, layout, detector,
                                preprocess if isinstance(preprocess, str) else None,
@@ -134,7 +137,7 @@ class Explainer:
         """A runtime for `proto` (the model, or a tail of it) on this explainer's engine and device."""
         if self.engine == "torch":
             return TorchRuntime(proto, lambda: self.module, self.torch_device, batch_size, self.quiet, per_image)
-        return Runtime(proto, self.providers, batch_size, self.quiet, per_image)
+        return Runtime(proto, self.providers, batch_size, self.quiet, per_image, self.threads)
 
     def _convertible(self) -> bool:
         """Whether the torch converter takes this model (cheap: nothing is built)."""

@@ -164,8 +164,10 @@ class Runtime(BatchedRuntime):
     """
 
     def __init__(self, proto: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 batch_size: int = 32, quiet: bool = True, per_image: int | None = None):
+                 batch_size: int = 32, quiet: bool = True, per_image: int | None = None,
+                 threads: int | None = None):
         self.providers = list(providers)
+        self.threads = threads  # onnxruntime's intra-op threads (None: its default, one per core)
         self._sessions: dict[frozenset, ort.InferenceSession] = {}
         self._lock = threading.Lock()
         super().__init__(proto, batch_size, quiet, per_image)
@@ -184,6 +186,8 @@ class Runtime(BatchedRuntime):
                 proto = expose(self.proto, extra) if extra else self.proto
                 options = ort.SessionOptions()
                 options.log_severity_level = 3
+                if self.threads:
+                    options.intra_op_num_threads = self.threads
                 self._sessions[key] = ort.InferenceSession(proto.SerializeToString(), options,
                                                            providers=self.providers)
             return self._sessions[key]

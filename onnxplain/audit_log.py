@@ -1,0 +1,138 @@
+"""What keeps the audit's memory flat: an append-only JSONL log of its records (the report is built from it at
+the end), thumbnails written as PNG files, and the audit's cost in forward passes worked out before it runs."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from .audit import AuditOptions
+    from .explainer import Explainer
+
+
+class AuditLog:
+    """`audit.log.jsonl` (one record per line, appended and flushed) and `thumbs/*.png` in the audit folder."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = self.out / "audit.log.jsonl"
+        self.thumbs = self.out / "thumbs"
+        self.thumbs.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")
+        for old in self.thumbs.glob("*.png"):
+            old.unlink()
+        self.count = 0
+        self.errors = 0
+
+    def append(self, record: dict) -> None:
+        from .audit import _finite
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(_finite(record)) + "\n")
+        self.count += 1
+        self.errors += "error" in record
+
+    def records(self) -> Iterator[dict]:
+        """Every record so far, read back from the log."""
+        with self.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)
+
+    def put_thumb(self, key: str, png: bytes) -> None:
+        (self.thumbs / _file(key)).write_bytes(png)
+
+    def thumb_map(self) -> "ThumbFiles":
+        return ThumbFiles(self.thumbs)
+
+
+class ThumbFiles:
+    """The mapping the HTML report reads (key -> base64 PNG), read from the thumbnail files on demand."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def get(self, key: str, default: Any = None) -> str | None:
+        path = self.folder / _file(key)
+        return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else default
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return (self.folder / _file(key)).is_file()
+
+
+def _file(key: str) -> str:
+    return key.replace("/", "__") + ".png"
+
+
+# ---- cost ----------------------------------------------------------------------------------------
+def method_cost(explainer: "Explainer", method: str, image, params: dict, layer: str | None) -> tuple[int, float]:
+    """Forward passes (onnxruntime images, or torch passes) and seconds one image costs `method`, measured
+    on one image: the unit every count of the audit's plan multiplies."""
+    from . import methods as registry
+    cls = registry.get(method)
+    runtimes = lambda: [explainer.runtime] + [r for _, r in explainer._splits.values()]  # noqa: E731
+    before = sum(r.forwards for r in runtimes())
+    started = time.perf_counter()
+    [attribution] = explainer.explain(image, method=method, target="predicted", layer=layer, **params)
+    seconds = time.perf_counter() - started
+    forwards = sum(r.forwards for r in runtimes()) - before
+    if cls.engine == "torch" or forwards == 0:  # gradient methods: one forward+backward per sample
+        p = attribution.params
+        forwards = max(forwards, int(p.get("n", p.get("samples", p.get("steps", 1))) or 1))
+    return forwards, seconds
+
+
+def audit_cost(explainer: "Explainer", options: "AuditOptions", images: int, compare: bool,
+               first_image, layer_for) -> dict:
+    """The audit's plan in forward passes per step and an estimate of its seconds, from one measured image.
+
+    Steps: each image's explanations, its deletion/insertion curves (2 (steps + 1) forwards per method), the
+    second model's explanations (assumed as costly as the first's), and the sanity check (one explanation per
+    sanity image per randomised model, for each method).
+    """
+    per_method = {m: method_cost(explainer, m, first_image, options.params.get(m, {}), layer_for(m))
+                  for m in options.methods}
+    batch = explainer.prepare(first_image)
+    started = time.perf_counter()
+    explainer.run(batch.x[[0] * 2 * (options.steps + 1)])
+    curve_seconds = time.perf_counter() - started
+    curves = 2 * (options.steps + 1)
+    sanity_models = _sanity_models(explainer, options) if options.sanity else 0
+    sanity_images = min(options.sanity_images, images) if options.sanity else 0
+    steps = {
+        "explain": {m: images * f for m, (f, _) in per_method.items()},
+        "deletion_insertion": {m: images * curves for m in per_method},
+        "compare": {m: images * f for m, (f, _) in per_method.items()} if compare else {},
+        "sanity": {m: sanity_models * sanity_images * f for m, (f, _) in per_method.items()}}
+    seconds_per = {m: s for m, (_, s) in per_method.items()}
+    estimate = sum(images * (1 + compare) * s for s in seconds_per.values())
+    estimate += sum(sanity_models * sanity_images * s for s in seconds_per.values())
+    estimate += images * len(per_method) * curve_seconds
+    total = sum(sum(step.values()) for step in steps.values())
+    return {"images": images, "forwards": steps, "total_forwards": total, "sanity_models": sanity_models,
+            "seconds_per_image": seconds_per, "estimated_seconds": round(estimate, 1)}
+
+
+def _sanity_models(explainer: "Explainer", options: "AuditOptions") -> int:
+    """How many randomised models the sanity check builds (cascade depths plus single layers)."""
+    from .metrics import _spread, weight_layers
+    count = len(weight_layers(explainer.model))
+    return len(_spread(count, options.sanity_steps)) * 2 if count else 0
+
+
+def format_cost(cost: dict) -> str:
+    """The plan as a few lines for the terminal, before the audit starts."""
+    lines = [f"audit plan: {cost['images']} images, {cost['total_forwards']} forward passes, about "
+             f"{cost['estimated_seconds']:.0f} s"]
+    for step, counts in cost["forwards"].items():
+        if counts:
+            lines.append(f"  {step:<19} " + "  ".join(f"{m} {n}" for m, n in counts.items()))
+    return "\n".join(lines)
