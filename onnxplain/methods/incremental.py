@@ -150,7 +150,6 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
     runner: list[IncrementalRunner] = []
 
     def feeds(k: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
         torch.set_num_threads(1)
         with torch.inference_mode():
             if not runner:
@@ -162,12 +161,17 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
             out[source] = occluded(k)
         return out
 
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(feeds, chunks[0]) if len(chunks) else None
-        for index in range(len(chunks)):
-            ready = pending.result()
-            pending = pool.submit(feeds, chunks[index + 1]) if index + 1 < len(chunks) else None
-            yield runtime.run(ready)
+    import torch
+    threads = torch.get_num_threads()  # set_num_threads is process-wide: restored when the image is done
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(feeds, chunks[0]) if len(chunks) else None
+            for index in range(len(chunks)):
+                ready = pending.result()
+                pending = pool.submit(feeds, chunks[index + 1]) if index + 1 < len(chunks) else None
+                yield runtime.run(ready)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def describe(plan: Plan, used: bool, threshold: float) -> dict:
