@@ -289,7 +289,10 @@ class Explainer:
         why = None
         if auto:
             layer_name, why = autolayer.choose(self, work, output, flat_targets, probe=True)
-        raw = self._run_method(cls(method_params), work, flat_targets, layer_name)
+        if cls.multi_target:  # one set of forwards per image serves all its targets
+            raw = self._run_method(cls(method_params), batch, per_image, layer_name, many=True)
+        else:
+            raw = self._run_method(cls(method_params), work, flat_targets, layer_name)
         extras = [{**e, "auto_layer": why} if why else e for e in raw.extras]
         return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], extras[i], output)
                 for i, t in enumerate(flat_targets)]
@@ -303,10 +306,13 @@ class Explainer:
             raise ImageError("explain_bytes takes the encoded image as bytes, not a path; read the file first.")
         return self.explain(self.prepare(bytes(image_bytes)), method=method, **kwargs)
 
-    def _run_method(self, method: Method, batch: Prepared, targets: list[Target], layer: str | None):
-        """Run a method; an op the converter refuses at run time (an unsupported mode) is a user-facing error."""
+    def _run_method(self, method: Method, batch: Prepared, targets: list, layer: str | None, many: bool = False):
+        """Run a method (`many`: a list of targets per image); an op the converter refuses at run time (an
+        unsupported mode) is a user-facing error."""
         try:
             with one_thread_blas:
+                if many:
+                    return method.explain_many(self, batch, targets, layer)
                 return method.explain(self, batch, targets, layer)
         except Exception as exc:
             converter = sys.modules.get("onnxtorch")  # loaded only when a torch method ran

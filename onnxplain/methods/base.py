@@ -86,6 +86,7 @@ class Method(abc.ABC):
     engine: ClassVar[str]            # "ort" or "torch"
     summary: ClassVar[str] = ""
     uses_layer: ClassVar[bool] = False
+    multi_target: ClassVar[bool] = False  # explain_many shares one set of forwards among an image's targets
     Params: ClassVar[type] = NoParams
 
     def __init__(self, params: Any = None):
@@ -105,6 +106,23 @@ class Method(abc.ABC):
     def explain(self, context: MethodContext, batch: "Prepared", targets: Sequence["Target"],
                 layer: str | None = None) -> RawMaps:
         """Maps for each image of the batch and its target."""
+
+
+class MultiTargetMethod(Method):
+    """A method whose forwards do not depend on the target: every target of an image from one set of forwards.
+
+    Subclasses implement `explain_many`; `explain` (one target per image) is its special case.
+    """
+    multi_target = True
+
+    def explain(self, context: MethodContext, batch: "Prepared", targets: Sequence["Target"],
+                layer: str | None = None) -> RawMaps:
+        return self.explain_many(context, batch, [[t] for t in targets], layer)
+
+    @abc.abstractmethod
+    def explain_many(self, context: MethodContext, batch: "Prepared", targets: Sequence[Sequence["Target"]],
+                     layer: str | None = None) -> RawMaps:
+        """Maps for every target of every image, image by image in `targets` order (one row per pair)."""
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,13 @@ import numpy as np
 
 from ..errors import MethodError
 from ..model import TensorInfo
+from ..progress import progress
 from ..targets import Target
 from . import register
-from .base import Method, RawMaps
+from .base import MultiTargetMethod, RawMaps
 from .baselines import baseline
+from .incremental import describe, incremental_outputs, occlusion_plan
+from .incremental_plan import Plan
 from .layout import channels_first_np
 from .perturb import SCORES, choose, chunk_size, image_score, pair, run_chunks, with_score
 
@@ -34,6 +37,10 @@ class OcclusionParams:
       callable targets are used as given).
     activation_layer: a tensor name (or auto): also map its total activation per window position.
     class_map: also map the most probable class per window position, with a legend of those classes.
+    incremental: auto | true | false: recompute only what each window changes in the early layers
+      (exact; auto when the graph's cost model predicts a gain, extras["incremental"] says which ran).
+    approximate: 0 = exact; a threshold in (0, 1) caps each layer's changed region at that share of its map
+      (Krypton's projective-field thresholding: faster, with the error the README states).
     """
     window: tuple[int, int] = (0, 0)
     stride: tuple[int, int] = (0, 0)
@@ -43,10 +50,12 @@ class OcclusionParams:
     score: str = "probability"
     activation_layer: str = ""
     class_map: bool = False
+    incremental: str = "auto"
+    approximate: float = 0.0
 
 
 @register
-class Occlusion(Method):
+class Occlusion(MultiTargetMethod):
     """Drop of the target's score when a patch hides each region, averaged over the windows covering a pixel.
 
     Windows start every `stride` pixels; as in captum's Occlusion the last window of a row or column may be
@@ -78,10 +87,13 @@ class Occlusion(Method):
         choose(self.name, "score", p.score, SCORES)
         if not math.isfinite(p.value):
             raise MethodError(f"Parameter 'value' of method '{self.name}' must be a finite number, not {p.value}.")
+        if not 0 <= p.approximate < 1:
+            raise MethodError(f"Parameter 'approximate' of method '{self.name}' must be 0 (exact) or a share of the "
+                              f"map in (0, 1), not {p.approximate}.")
         if p.blur_sigma < 0:
             raise MethodError(f"Parameter 'blur_sigma' of method '{self.name}' must be >= 0 (0 = automatic).")
 
-    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+    def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         self.validate()
         (wh, ww), (sh, sw) = self.geometry(batch.hw)
         h, w = batch.hw
@@ -93,51 +105,78 @@ class Occlusion(Method):
         outputs = list(context.runtime.output_names) + extra
         base = context.forward(batch, extra)
         act_info = context.model.tensors[act_layer] if act_layer else None
+        plan = self._plan(context, batch, (wh, ww), ys, xs, bool(act_layer))
         sigma = self.params.blur_sigma or max(wh, ww) / 2
         maps, extras = [], []
-        for i, target in enumerate(targets):
-            target = with_score(target, self.params.score)
+        for i, image_targets in enumerate(targets):
+            image_targets = [with_score(t, self.params.score) for t in image_targets]
             fill = baseline(batch.x[i], batch.spec.layout, self.params.fill, value=self.params.value, sigma=sigma)
-            scores, stats = self._occlude(context, batch, i, target, fill, rows, cols, outputs, act_info)
-            drops = image_score(target, base, i) - scores
-            maps.append(spread(drops, rows, cols))
-            info = {"drops": drops.astype(np.float32), "window": (wh, ww), "stride": (sh, sw),
-                    "window_rows": ys, "window_cols": xs}
+            scores, stats = self._occlude(context, batch, i, image_targets, fill, rows, cols, outputs, act_info, plan)
+            common = {"window": (wh, ww), "stride": (sh, sw), "window_rows": ys, "window_cols": xs,
+                      "forwards": int(scores.shape[1] * scores.shape[2])}
+            if plan is not None:
+                common["incremental"] = describe(plan, plan.worth_it or self.params.incremental == "true",
+                                                 self.params.approximate)
             if act_layer:
-                info.update(activation_extras(act_layer, tensor_channels(base[act_layer][i:i + 1], act_info)[0],
-                                              stats["activations"], drops.shape))
+                common.update(activation_extras(act_layer, tensor_channels(base[act_layer][i:i + 1], act_info)[0],
+                                                stats["activations"], scores.shape[1:]))
             if self.params.class_map:
-                info["class_map"] = stats["classes"]
-                info["class_legend"] = {int(c): context.label(int(c)) for c in np.unique(stats["classes"])}
-            extras.append(info)
+                common["class_map"] = stats["classes"]
+                common["class_legend"] = {int(c): context.label(int(c)) for c in np.unique(stats["classes"])}
+            for target, target_scores in zip(image_targets, scores):
+                drops = image_score(target, base, i) - target_scores
+                maps.append(spread(drops, rows, cols))
+                extras.append({"drops": drops.astype(np.float32), **common})
         return RawMaps(np.stack(maps), extras)
 
-    def _occlude(self, context: "MethodContext", batch: "Prepared", i: int, target: Target, fill, rows: np.ndarray,
-                 cols: np.ndarray, outputs: list[str], act_info: TensorInfo | None) -> tuple[np.ndarray, dict]:
-        """Scores (Py, Px) of image `i` with each window occluded, plus the optional per-window statistics
-        (per-channel activation totals, top class), reduced chunk by chunk to keep memory flat."""
+    def _plan(self, context: "MethodContext", batch: "Prepared", window: tuple[int, int], ys: np.ndarray,
+              xs: np.ndarray, tapped: bool) -> Plan | None:
+        """The incremental plan (None: plain occlusion), as `incremental` and the cost model decide."""
+        mode = choose(self.name, "incremental", str(self.params.incremental).lower(), ("auto", "true", "false"))
+        if mode == "false":
+            return None
+        if tapped and mode == "true":
+            raise MethodError("Incremental occlusion computes only the model's outputs; drop activation_layer or "
+                              "use incremental=false.")
+        plan = occlusion_plan(context, batch, window, ys, xs, self.params.approximate)
+        if mode == "true" and plan.cut is None:
+            raise MethodError(f"Incremental occlusion cannot run on this model: {plan.reason}; use "
+                              "incremental=auto or false.")
+        return None if tapped else plan
+
+    def _occlude(self, context: "MethodContext", batch: "Prepared", i: int, targets: list[Target], fill,
+                 rows: np.ndarray, cols: np.ndarray, outputs: list[str], act_info: TensorInfo | None,
+                 plan: Plan | None) -> tuple[np.ndarray, dict]:
+        """Scores (targets, Py, Px) of image `i` with each window occluded, plus the optional per-window
+        statistics (per-channel activation totals, top class), reduced chunk by chunk to keep memory flat."""
         ny, nx = len(rows), len(cols)
         total, step = ny * nx, chunk_size(context)
         x = batch.x[i][None]
-        chunks = (np.arange(s, min(s + step, total)) for s in range(0, total, step))
+        chunks = [np.arange(s, min(s + step, total)) for s in range(0, total, step)]
 
         def occluded(k: np.ndarray) -> np.ndarray:
             return np.where(batch.spatial_mask(rows[k // nx, :, None] & cols[k % nx, None, :]), fill, x)
 
+        desc = f"{self.name} {i + 1}/{len(batch)}"
+        if plan is not None and (plan.worth_it or self.params.incremental == "true"):
+            runs = incremental_outputs(context, plan, batch.x[i], fill, (rows, cols), occluded, chunks, nx)
+            runs = zip(chunks, progress(runs, desc=desc, quiet=context.quiet or len(chunks) < 4,
+                                        total=len(chunks), unit="batch"))
+        else:
+            runs = run_chunks(context, chunks, len(chunks), occluded, outputs, desc)
         scores, activations, classes = [], [], []
-        for _, out in run_chunks(context, chunks, math.ceil(total / step), occluded, outputs,
-                                 f"{self.name} {i + 1}/{len(batch)}"):
-            scores.append(np.asarray(target.score(out), np.float64))
+        for _, out in runs:
+            scores.append([np.asarray(t.score(out), np.float64) for t in targets])
             if act_info:
                 activations.append(tensor_channels(out[act_info.name], act_info))
             if self.params.class_map:
-                classes.append(out[target.output].reshape(len(out[target.output]), -1).argmax(1))
+                classes.append(out[targets[0].output].reshape(len(out[targets[0].output]), -1).argmax(1))
         stats = {}
         if act_info:
             stats["activations"] = np.concatenate(activations)
         if classes:
             stats["classes"] = np.concatenate(classes).reshape(ny, nx).astype(np.int64)
-        return np.concatenate(scores).reshape(ny, nx), stats
+        return np.concatenate(scores, axis=1).reshape(len(targets), ny, nx), stats
 
 
 def window_starts(size: int, window: int, stride: int) -> np.ndarray:

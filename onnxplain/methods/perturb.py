@@ -78,6 +78,12 @@ def tail_scores(context: "MethodContext", batch: "Prepared", index: int, layer: 
                 make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
     """Target scores of `count` edited layer values of image `index` (built by `make(rows)`, in the tensor's own
     layout), run through the model's tail only; tensors crossing the cut are fed unchanged."""
+    return tail_scores_many(context, batch, index, layer, [target], count, make, desc)[0]
+
+
+def tail_scores_many(context: "MethodContext", batch: "Prepared", index: int, layer: str, targets: Sequence[Target],
+                     count: int, make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
+    """(targets, count) scores of every target from one set of tail runs (see `tail_scores`)."""
     cut, runtime = context.tail(layer)
     graph_inputs = {i.name for i in context.model.inputs}
     crossing = {name: batch.x if name in graph_inputs else context.forward(batch, [name])[name]
@@ -90,8 +96,9 @@ def tail_scores(context: "MethodContext", batch: "Prepared", index: int, layer: 
         feeds = {cut.at: variants}
         for name, value in crossing.items():
             feeds[name] = np.broadcast_to(value[index:index + 1], (len(variants),) + value.shape[1:])
-        scores.append(np.asarray(target.score(runtime.run(feeds)), np.float64))
-    return np.concatenate(scores) if scores else np.zeros(0)
+        out = runtime.run(feeds)
+        scores.append([np.asarray(t.score(out), np.float64) for t in targets])
+    return np.concatenate(scores, axis=1) if scores else np.zeros((len(targets), 0))
 
 
 def with_score(target: Target, kind: str) -> Target:

@@ -8,9 +8,9 @@ import numpy as np
 
 from ..targets import ClassTarget
 from . import register
-from .base import Method, RawMaps
+from .base import MultiTargetMethod, RawMaps
 from .layout import from_channels_first_np
-from .perturb import choose, layer_activations, tail_scores
+from .perturb import choose, layer_activations, tail_scores_many
 
 GAUSSIAN = np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]])
 
@@ -29,7 +29,7 @@ def position_masks(h: int, w: int, kind: str) -> np.ndarray:
 
 
 @register
-class ReciproCAM(Method):
+class ReciproCAM(MultiTargetMethod):
     """Map value at (i, j) = target score (softmax probability by default) of the layer masked to (i, j).
 
     Masks are A * M_ij with M_ij the 3x3 Gaussian kernel centred at (i, j) (or a one-hot "binary" mask);
@@ -45,21 +45,22 @@ class ReciproCAM(Method):
         mask: str = "gaussian"  # "gaussian" (3x3 kernel 1/4 centre, 1/8 edges, 1/16 corners) or "binary"
         softmax: bool = True    # score class targets by softmax probability, as the paper; False: raw target score
 
-    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+    def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         kind = choose(self.name, "mask", self.params.mask, ("gaussian", "binary"))
         raw, info, acts = layer_activations(context, batch, layer)
         _, _, h, w = acts.shape
-        masks = position_masks(h, w, kind).astype(raw.dtype)
-        maps = []
-        for i, target in enumerate(targets):
-            if self.params.softmax and isinstance(target, ClassTarget):
-                target = replace(target, probability=True)
+        masks = position_masks(h, w, kind).astype(raw.dtype)[:, None]
+        maps, extras = [], []
+        for i, image_targets in enumerate(targets):
+            image_targets = [replace(t, probability=True) if self.params.softmax and isinstance(t, ClassTarget)
+                             else t for t in image_targets]
 
             def make(rows: slice) -> np.ndarray:
-                masked = acts[i:i + 1] * masks[rows, None]
+                masked = np.multiply(acts[i:i + 1], masks[rows])
                 return np.ascontiguousarray(from_channels_first_np(masked, info, like=raw[i:i + 1]))
 
-            scores = tail_scores(context, batch, i, layer, target, h * w, make,
-                                 desc=f"recipro-cam {i + 1}/{len(targets)}")
-            maps.append(scores.reshape(h, w))
-        return RawMaps(np.stack(maps))
+            scores = tail_scores_many(context, batch, i, layer, image_targets, h * w, make,
+                                      desc=f"recipro-cam {i + 1}/{len(targets)}")
+            maps.extend(s.reshape(h, w) for s in scores)
+            extras.extend({"forwards": h * w} for _ in image_targets)
+        return RawMaps(np.stack(maps), extras)

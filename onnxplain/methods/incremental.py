@@ -1,0 +1,185 @@
+"""Incremental occlusion (Nakandala, Kumar & Papakonstantinou, SIGMOD 2019): the unoccluded activations are
+computed once; for each batch of windows every layer up to the plan's cut recomputes only the box its window
+changed (plus the halo its kernel reads) from those cached activations, then the model's tail runs on full
+maps with the boxes pasted in. Exact unless the plan was built with a projective-field threshold.
+
+The prefix runs node by node in torch on crops (onnxruntime cannot take per-window offsets); the tail is the
+onnxruntime (or torch) runtime of the model cut at the plan's cut tensor.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .incremental_plan import Axis, Plan, build_plan, reach, window_axis
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..images import Prepared
+    from .base import MethodContext
+
+
+def occlusion_plan(context: "MethodContext", batch: "Prepared", window: tuple[int, int], ys: np.ndarray,
+                   xs: np.ndarray, threshold: float = 0.0) -> Plan:
+    """The incremental plan for windows starting at rows `ys` and columns `xs` of the model input."""
+    h, w = batch.hw
+    rows, cols = window_axis(ys, window[0], h), window_axis(xs, window[1], w)
+    source = batch.spec.name
+    if batch.spec.layout != "NCHW":
+        return Plan([], {}, None, 1.0, 1.0, f"the input layout is {batch.spec.layout}, not NCHW")
+    plan = build_plan(context.model, source, rows, cols, threshold)
+    if plan.cut is not None:
+        cut, _ = context.tail(plan.cut)
+        if any(n != source for n in cut.crossing):
+            plan.reason, plan.cut = f"tensors {', '.join(cut.crossing)} cross the cut at '{plan.cut}'", None
+    return plan
+
+
+def _gather(src: "torch.Tensor", ys: Sequence[int], xs: Sequence[int], h: int, w: int) -> "torch.Tensor":
+    """(B, C, h, w) crops of a (1, C, H, W) map at each window's (y, x) (slices: cheaper than index tensors)."""
+    import torch
+    return torch.stack([src[0, :, y:y + h, x:x + w] for y, x in zip(ys, xs)])
+
+
+def _paste(crop: "torch.Tensor", patch: "torch.Tensor", dys: Sequence[int], dxs: Sequence[int]) -> "torch.Tensor":
+    """`crop` (B, C, h, w) with `patch` (B, C, ph, pw) written at offsets (dy, dx) per window, cut to the crop."""
+    h, w = crop.shape[2:]
+    ph, pw = patch.shape[2:]
+    for b, (dy, dx) in enumerate(zip(dys, dxs)):
+        y0, y1, x0, x1 = max(dy, 0), min(dy + ph, h), max(dx, 0), min(dx + pw, w)
+        if y1 > y0 and x1 > x0:
+            crop[b, :, y0:y1, x0:x1] = patch[b, :, y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+    return crop
+
+
+class IncrementalRunner:
+    """Runs one plan for one image: cached activations, then per window batch the boxes up to the cut."""
+
+    def __init__(self, plan: Plan, x: np.ndarray):
+        import torch
+        self.plan = plan
+        with torch.inference_mode():
+            self.cache, self.padded = self._full(torch.from_numpy(np.ascontiguousarray(x[None], np.float32)))
+
+    def _full(self, x: "torch.Tensor") -> tuple[dict, dict]:
+        """Unoccluded activations of every prefix tensor, and the padded (H, W, C) inputs each step reads."""
+        import torch.nn.functional as F
+        source = next(iter(self.plan.boxes))
+        cache, padded = {source: x}, {}
+        for step in self.plan.steps:
+            ins = [cache[n] for n in step.inputs]
+            if step.window:
+                top, left, bottom, right = self._pads(step, ins[0])
+                ins = [F.pad(ins[0], (left, right, top, bottom), value=step.pad_value)]
+            padded[step.output] = ins
+            cache[step.output] = step.fn(*ins)
+        return cache, padded
+
+    def _pads(self, step, value) -> tuple[int, int, int, int]:
+        """The step's pads, the ends widened where ceil_mode makes the last window run past them."""
+        top, left, bottom, right = step.pads
+        rows, cols = self.plan.boxes[step.output]
+        need_h = (rows.length - 1) * step.stride[0] + (step.kernel[0] - 1) * step.dilation[0] + 1
+        need_w = (cols.length - 1) * step.stride[1] + (step.kernel[1] - 1) * step.dilation[1] + 1
+        h, w = value.shape[2:]
+        return top, left, max(bottom, need_h - h - top), max(right, need_w - w - left)
+
+    def patches(self, x_patch: "torch.Tensor", r: np.ndarray, c: np.ndarray) -> "torch.Tensor":
+        """The cut tensor's boxes (B, C, bh, bw) for windows at row positions `r` and column positions `c`,
+        given the input's boxes `x_patch` (B, C, h, w)."""
+        source = next(iter(self.plan.boxes))
+        patches = {source: x_patch}
+        for step in self.plan.steps:
+            rows, cols = self.plan.boxes[step.output]
+            if step.window:
+                (qy, qh), (qx, qw) = reach(step, 0, rows), reach(step, 1, cols)
+                offsets = (step.pads[0], step.pads[1])
+            else:
+                qy, qh, qx, qw, offsets = rows.start, rows.size, cols.start, cols.size, (0, 0)
+            ins = [self._region(name, src, patches[name], qy, qh, qx, qw, offsets, r, c)
+                   for name, src in zip(step.inputs, self.padded[step.output])]
+            patches[step.output] = step.fn(*ins)
+        return patches[self.plan.cut]
+
+    def _region(self, name, src, patch, qy, qh, qx, qw, offsets, r, c) -> "torch.Tensor":
+        """(B, C, qh, qw) values of input `name` at the region each window's step reads: cached values with
+        the window's box pasted in (the box itself where it is exactly that region)."""
+        rows, cols = self.plan.boxes[name]
+        py, px = rows.start[r] + offsets[0], cols.start[c] + offsets[1]
+        ty, tx = qy[r], qx[c]
+        if rows.size == qh and cols.size == qw and np.array_equal(py, ty) and np.array_equal(px, tx):
+            return patch
+        crop = _gather(src, ty.tolist(), tx.tolist(), qh, qw)
+        return _paste(crop, patch, (py - ty).tolist(), (px - tx).tolist())
+
+    def full_cut(self, patch: "torch.Tensor", r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The cut tensor on full maps (B, C, H, W) with each window's box pasted into the cached map."""
+        rows, cols = self.plan.boxes[self.plan.cut]
+        full = self.cache[self.plan.cut].expand(len(r), -1, -1, -1).contiguous()
+        return _paste(full, patch, rows.start[r].tolist(), cols.start[c].tolist()).numpy()
+
+
+def input_patches(x: np.ndarray, fill: np.ndarray, masks: tuple[np.ndarray, np.ndarray], rows: Axis, cols: Axis,
+                  r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(B, C, h, w) boxes of the occluded inputs: the fill where the window covers, the image elsewhere."""
+    y = rows.start[r][:, None] + np.arange(rows.size)
+    xx = cols.start[c][:, None] + np.arange(cols.size)
+    covered = masks[0][r[:, None], y][:, :, None] & masks[1][c[:, None], xx][:, None, :]
+    image = x[:, y[:, :, None], xx[:, None, :]].transpose(1, 0, 2, 3)
+    filled = fill[:, y[:, :, None], xx[:, None, :]].transpose(1, 0, 2, 3)
+    return np.where(covered[:, None], filled, image).astype(np.float32)
+
+
+def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fill: np.ndarray,
+                        masks: tuple[np.ndarray, np.ndarray], occluded: Callable[[np.ndarray], np.ndarray],
+                        chunks: Sequence[np.ndarray], nx: int) -> Iterator[dict[str, np.ndarray]]:
+    """The model's outputs for each chunk of window indices (row-major over Py x Px positions) of image `x`
+    (C, H, W), computed incrementally; `occluded(k)` builds full occluded inputs when the tail reads the input.
+
+    The prefix of the next chunk runs in a worker thread while the tail runs the current one; the worker
+    uses one torch thread (crops are small, and OpenMP threads spinning beside onnxruntime's cost more
+    than they give on a loaded CPU).
+    """
+    cut, runtime = context.tail(plan.cut)
+    source = next(iter(plan.boxes))
+    rows, cols = plan.boxes[source]
+    fill = np.broadcast_to(fill, x.shape)
+    runner: list[IncrementalRunner] = []
+
+    def feeds(k: np.ndarray) -> dict[str, np.ndarray]:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            if not runner:
+                runner.append(IncrementalRunner(plan, x))
+            r, c = (k // nx).astype(np.int64), (k % nx).astype(np.int64)
+            patch = torch.from_numpy(input_patches(x, fill, masks, rows, cols, r, c))
+            out = {plan.cut: runner[0].full_cut(runner[0].patches(patch, r, c), r, c)}
+        if cut.crossing:
+            out[source] = occluded(k)
+        return out
+
+    import torch
+    threads = torch.get_num_threads()  # set_num_threads is process-wide: restored when the image is done
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(feeds, chunks[0]) if len(chunks) else None
+            for index in range(len(chunks)):
+                ready = pending.result()
+                pending = pool.submit(feeds, chunks[index + 1]) if index + 1 < len(chunks) else None
+                yield runtime.run(ready)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def describe(plan: Plan, used: bool, threshold: float) -> dict:
+    """The extras entry saying whether incremental occlusion ran, where it cut, and why."""
+    info = {"used": used, **plan.describe()}
+    if threshold:
+        info["approximate"] = threshold
+    return info
+
+
+__all__: Sequence[str] = ("occlusion_plan", "incremental_outputs", "describe")
