@@ -63,13 +63,9 @@ def grid(tiles: Sequence[np.ndarray], columns: int | None = None, pad: int = 2,
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write an RGB (or gray) uint8 image as PNG; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), bgr):
-        raise OSError(f"could not write {path}")
-    return path
+    """Write an RGB (or gray) uint8 image as PNG (whole or not at all); returns the path."""
+    from .writing import write_bytes
+    return write_bytes(path, encode_png(image))
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -81,12 +77,12 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def save_attribution(attribution, prefix: str | Path, alpha: float = 0.5, colormap: str = "jet") -> dict:
     """Overlay PNG, heatmap .npy (original size) and raw .npy (method resolution) for one Attribution."""
+    from .writing import save_npy
     prefix = str(prefix)
-    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     files = {"overlay": str(write_png(prefix + ".png", attribution.overlay(alpha, colormap))),
              "heatmap": prefix + ".npy", "raw": prefix + ".raw.npy"}
-    np.save(files["heatmap"], attribution.heatmap.astype(np.float32))
-    np.save(files["raw"], attribution.raw.astype(np.float32))
+    save_npy(files["heatmap"], attribution.heatmap.astype(np.float32))
+    save_npy(files["raw"], attribution.raw.astype(np.float32))
     for key, value in attribution.extras.items():
         if isinstance(value, np.ndarray) and value.ndim == 2:
             files[key] = str(write_png(f"{prefix}.{key}.png", colorize(normalise(value))))

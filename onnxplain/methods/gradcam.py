@@ -197,6 +197,10 @@ class SmoothGradCAMPlusPlus(Method):
         neurons: tuple = ()       # layer positions: row,col pairs (flat r1,c1,r2,c2,...); empty: all
         region: bool = False      # neurons are two corners of a rectangle of positions
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.n))
+
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
         if p.n < 1:

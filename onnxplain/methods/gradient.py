@@ -110,6 +110,10 @@ class SmoothGrad(Method):
         seed: int = 0              # noise seed (each image draws from its own generator seeded with it)
         signed: bool = False       # smoothgrad only: signed channel sum instead of max |mean grad|
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.n))
+
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
         choose(self.name, "kind", p.kind, NOISE_KINDS)
@@ -192,6 +196,10 @@ class IntegratedGradients(Method):
         blur_sigma: float = 10.0           # blurred baseline: Gaussian sigma in model-input pixels
         batch_size: int = 32               # path points per forward/backward pass
         seed: int = 0                      # uniform baseline's seed
+
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.steps))
 
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params

@@ -45,6 +45,10 @@ class Rise(Method):
     summary = "score-weighted average of random smooth masks (Petsiuk et al.)"
     Params = RiseParams
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.n))
+
     def validate(self, hw: tuple[int, int]) -> None:
         p = self.params
         choose(self.name, "score", p.score, SCORES)
