@@ -148,6 +148,12 @@ def _from_array(image: np.ndarray, limits: Limits) -> np.ndarray:
     return image
 
 
+def check_encoded(data: bytes, limits: Limits | None = None, label: str = "The image bytes") -> int:
+    """Refuse encoded bytes whose header claims more than the pixel limit, without decoding (the server calls it
+    before queueing); returns the EXIF orientation (1 = upright)."""
+    return _check_header(bytes(data), label, limits or Limits())
+
+
 def _check_header(data: bytes, label: str, limits: Limits) -> int:
     """The EXIF orientation (1 = upright) of encoded bytes, after refusing a header over the pixel limit.
 

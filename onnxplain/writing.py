@@ -127,7 +127,9 @@ def check_out(path: str | os.PathLike, option: str = "--out") -> Path:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise WriteError(f"{option} '{folder}' cannot be created: '{existing}' is a file; choose another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise WriteError(f"{option} '{folder}' cannot be written (no permission on '{existing}'); choose a folder "
                          "you can write to.")
     return folder

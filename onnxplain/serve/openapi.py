@@ -9,10 +9,12 @@ from .routes import Protocol
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 REFUSALS = {400: "The image does not decode, or an unknown method, parameter, layer or class.",
-            413: "The body is larger than --max-body.",
+            408: "The body did not arrive within --body-timeout.",
+            413: "The body is larger than --max-body, the image over --max-pixels, or the work over --max-forwards.",
             415: "The body is not multipart, JSON or an image.",
             422: "Malformed JSON, multipart or field.",
-            503: "The request queue is full; retry shortly."}
+            503: "The server is busy (queue full or too many requests at once); retry after Retry-After seconds.",
+            504: "The answer was not ready within --timeout; the work was cancelled."}
 
 
 def document(protocols: Iterable[Protocol], root_path: str = "", config: ServeConfig | None = None,

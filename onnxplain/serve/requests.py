@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 class HTTPError(Exception):
     """A request the server refuses before any model work: an HTTP status and one sentence."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 # ---- jobs: what one request asks of the model ------------------------------------------------
