@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError
-from .limits import Limits
+from .limits import Limits, PixelLimitError
 
 ImageSource = str | os.PathLike | bytes | np.ndarray
 
@@ -116,7 +116,7 @@ def decode(source: ImageSource, limits: Limits | None = None) -> np.ndarray:
         data, label = np.fromfile(str(path), np.uint8), f"Image file '{path}'"
     else:
         raise ImageError(f"An image must be a path, encoded bytes or a numpy array, not {type(source).__name__}.")
-    orientation = _check_header(data.tobytes(), label, limits)
+    orientation = _check_header(data.tobytes(), "The image" if label == "The image bytes" else label, limits)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     except cv2.error:
@@ -148,7 +148,7 @@ def _from_array(image: np.ndarray, limits: Limits) -> np.ndarray:
     return image
 
 
-def check_encoded(data: bytes, limits: Limits | None = None, label: str = "The image bytes") -> int:
+def check_encoded(data: bytes, limits: Limits | None = None, label: str = "The image") -> int:
     """Refuse encoded bytes whose header claims more than the pixel limit, without decoding (the server calls it
     before queueing); returns the EXIF orientation (1 = upright)."""
     return _check_header(bytes(data), label, limits or Limits())
@@ -170,7 +170,7 @@ def _check_header(data: bytes, label: str, limits: Limits) -> int:
     except Image.DecompressionBombError as exc:
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(claimed.group(1)) / 1e6:.0f} megapixels" if claimed else "a huge size"
-        raise ImageError(f"{label} claims {pixels}, over the limit of {limits.max_pixels / 1e6:g} megapixels; "
+        raise PixelLimitError(f"{label} claims {pixels}, over the limit of {limits.max_pixels / 1e6:g} megapixels; "
                          "scale it down or raise --max-pixels.") from None
     except Exception:  # not a format Pillow reads, or a broken header: opencv decides
         return 1

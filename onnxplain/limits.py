@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from .errors import UserError
+from .errors import ImageError, UserError
 
 MAX_PIXELS = 50_000_000      # pixels (width x height) an image may have, read from its header before decoding
 MAX_FORWARDS = 100_000       # forward (or forward+backward) passes one explanation of one image may cost
@@ -21,6 +21,10 @@ MAX_OUTPUT_SIDE = 4096       # longest side of heatmaps and overlays; larger ori
 
 class LimitError(UserError):
     """A request over one of the configured limits (pixels, forwards, input size)."""
+
+
+class PixelLimitError(LimitError, ImageError):
+    """An image over max_pixels: a limit (413 from the server) and an image that cannot be read (audit skips it)."""
 
 
 class Cancelled(UserError):
@@ -47,7 +51,7 @@ class Limits:
     def check_pixels(self, width: int, height: int, label: str = "The image") -> None:
         """Refuse an image whose header claims more than max_pixels, before anything is decoded."""
         if width * height > self.max_pixels:
-            raise LimitError(f"{label} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit "
+            raise PixelLimitError(f"{label} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit "
                              f"of {self.max_pixels / 1e6:g} megapixels; scale it down or raise --max-pixels.")
 
     def check_forwards(self, method: str, forwards: int, images: int = 1) -> None:
