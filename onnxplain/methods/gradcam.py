@@ -19,7 +19,7 @@ from . import register
 from .base import Method, RawMaps
 from .gradient import input_gradients
 from .layout import channels_first_torch, chw_shape
-from .noise import gaussian_noise, noise_std, noise_tunnel
+from .noise import LazyNoise, noise_std, noise_tunnel
 from .perturb import batches
 from .torch_common import forward, gradients, layer_info, minmax, numpy_maps, reduce_channels, to_tensor, upsample
 
@@ -220,7 +220,7 @@ class SmoothGradCAMPlusPlus(Method):
         with torch.no_grad():
             _, tapped = forward(context, x[None], [layer])
         acts = channels_first_torch(tapped[layer], info)
-        noise = gaussian_noise(chw_shape(image, layout), p.n, noise_std(image, p.sigma), p.seed, layout)
+        noise = LazyNoise(chw_shape(image, layout), p.n, noise_std(image, p.sigma), p.seed, layout)
 
         def layer_gradient(noisy: torch.Tensor) -> torch.Tensor:
             tapped = gradients(context, noisy, [target] * len(noisy), taps=[layer], wrt_input=False).taps

@@ -18,7 +18,7 @@ from . import register
 from .base import Method, RawMaps
 from .baselines import baseline
 from .layout import chw_shape
-from .noise import gaussian_noise, noise_std, noise_tunnel
+from .noise import LazyNoise, noise_std, noise_tunnel
 from .perturb import batches, choose
 from .torch_common import forward, gradients, numpy_maps, reduce_channels, target_scores, to_tensor
 
@@ -135,7 +135,7 @@ class SmoothGrad(Method):
 def noisy_gradient_moments(context: "MethodContext", image: np.ndarray, target: "Target", layout: str, n: int,
                            sigma: float, seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and mean square of the input gradient over `n` copies of one image plus Gaussian noise."""
-    noise = gaussian_noise(chw_shape(image, layout), n, noise_std(image, sigma), seed, layout)
+    noise = LazyNoise(chw_shape(image, layout), n, noise_std(image, sigma), seed, layout)
 
     def gradient(noisy: torch.Tensor) -> torch.Tensor:
         return gradients(context, noisy, [target] * len(noisy)).input
