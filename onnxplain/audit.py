@@ -350,6 +350,7 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
             raise UserError(f"Threshold names method '{gate.method}', which is not audited (--methods).")
     box_map = load_boxes(boxes) if boxes is not None else None
     explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet, **(limits or {}))
+    explainer.limits.check_forwards("deletion/insertion", 2 * (options.steps + 1))
     if any(registry.get(m).uses_layer for m in options.methods):
         explainer.model.resolve_layer(options.layer)
     torch_methods = [m for m in options.methods if registry.get(m).engine == "torch"]

@@ -128,6 +128,8 @@ def _ort_opset() -> str:
     return "?"
 
 
+FORWARDS_RISE = ("Method 'rise' with these parameters needs about 1,000,000,000,000 forward passes per image, over "
+                 "the limit of 100,000; lower n, steps or the number of windows, or raise --max-forwards.")
 CLI_CASES = ["model is a folder", "model missing", "model not onnx", "opset newer than onnxruntime",
              "second required input", "absurd dims", "NaN weights", "no outputs", "labels bad JSON",
              "labels not UTF-8", "labels a folder", "image is a folder", "image missing", "image not an image",
@@ -146,6 +148,32 @@ def test_cli_refuses_with_one_sentence_and_writes_nothing(case, files, tmp_path)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"error: {sentence}"
     assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+OTHER_COMMANDS = {
+    "synth maximize steps": (["synth", "maximize", "{ok}", "-l", "relu", "-c", "0", "--steps", "1000000000"],
+                             "Method 'synth maximize' with these parameters needs about 1,000,000,000 forward passes "
+                             "per image, over the limit of 100,000; lower n, steps or the number of windows, or raise "
+                             "--max-forwards."),
+    "synth dream octaves": (["synth", "dream", "{ok}", "{image}", "-l", "relu", "-p", "octaves=100000"],
+                            "Method 'synth dream' with these parameters needs about 1,000,000 forward passes per "
+                            "image, over the limit of 100,000; lower n, steps or the number of windows, or raise "
+                            "--max-forwards."),
+    "audit steps": (["audit", "{ok}", "{images}", "-m", "eigen-cam", "--steps", "10000000"], "Method "
+                    "'deletion/insertion' with these parameters needs about 20,000,002 forward passes per image, over "
+                    "the limit of 100,000; lower n, steps or the number of windows, or raise --max-forwards."),
+    "audit rise n": (["audit", "{ok}", "{images}", "-m", "rise", "-p", "rise:n=1e12"], FORWARDS_RISE),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_COMMANDS))
+def test_other_commands_bound_their_costs(case, files, tmp_path):
+    args, sentence = OTHER_COMMANDS[case]
+    out = tmp_path / "out"
+    result = run_cli([a.format(**files) for a in args] + ["--out", out])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: {sentence}"
     assert not out.exists()
 
 
