@@ -54,7 +54,7 @@ class Limits:
             raise PixelLimitError(f"{label} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit "
                              f"of {self.max_pixels / 1e6:g} megapixels; scale it down or raise --max-pixels.")
 
-    def check_forwards(self, method: str, forwards: int, images: int = 1) -> None:
+    def check_forwards(self, method: str, forwards: int) -> None:
         """Refuse an explanation whose estimated forward passes per image exceed max_forwards."""
         if forwards > self.max_forwards:
             raise LimitError(f"Method '{method}' with these parameters needs about {forwards:,} forward passes per "
