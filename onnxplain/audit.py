@@ -6,7 +6,6 @@ audit runs. The command is `onnxplain audit` (onnxplain/cli/audit.py).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import UserError
+from .writing import check_out, transaction
 
 if TYPE_CHECKING:
     from .explainer import Explainer
@@ -170,6 +170,7 @@ class Audit:
         self.sanity: dict[str, Any] = {}
         self.drift_skipped: dict[str, str] = {}  # method -> why the second model cannot run it
         self.interrupted = False
+        self.finished = False  # every image and the sanity check done: only then is the report "complete"
         self.started = time.strftime("%Y-%m-%d %H:%M:%S")
 
     @property
@@ -310,7 +311,7 @@ class Audit:
         options = asdict(self.options)
         return {
             "schema_version": SCHEMA_VERSION, "started": self.started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "complete": not self.interrupted, "models": self.model_paths,
+            "complete": self.finished and not self.interrupted, "models": self.model_paths,
             "preprocess": asdict(self.explainer.preprocess), "device": self.explainer.device,
             "options": options, "summary": summary,
             "thresholds": [{"metric": t.label, "bound": t.bound, "value": t.value} for t in self.thresholds],
@@ -323,9 +324,9 @@ class Audit:
     def write(self, html: bool = True) -> dict:
         """Rewrite audit.json (and audit.html) from what is done so far; returns the report."""
         from .report import write_html
+        from .writing import dumps, write_text
         report = self.report()
-        self.out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.out / "audit.json", json.dumps(_finite(report), indent=1))
+        write_text(self.out / "audit.json", dumps(report, 1, "audit.json"))
         if html:
             write_html(report, self.thumbs, self.out / "audit.html")
         return report
@@ -335,18 +336,20 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
               options: AuditOptions | None = None, compare: str | os.PathLike | None = None,
               boxes: str | os.PathLike | None = None, thresholds: Sequence[Threshold] = (),
               preset: str | None = None, labels: str | os.PathLike | None = None, device: str = "auto",
-              limit: int | None = None, quiet: bool = False) -> dict:
+              limit: int | None = None, quiet: bool = False, limits: dict | None = None) -> dict:
     """Audit MODEL on a folder of images; writes `audit.html` and `audit.json` into `out` and returns the report.
 
     Everything a user can get wrong (paths, methods, layer, boxes, thresholds) is checked before the first
     image, so such an error writes nothing; after that, an interrupt (Ctrl-C) still writes what is done,
-    marked incomplete ("complete": false).
+    marked incomplete ("complete": false); "complete" is true only once every image and the sanity check are
+    done. `limits` holds Explainer limits (max_pixels, max_forwards, max_output_side).
     """
     from . import methods as registry
     from .explainer import Explainer
     from .metrics import BASELINES, load_boxes
     from .progress import progress
     options = options or AuditOptions()
+    check_out(out)
     paths = list_images(images, limit)
     for method in options.methods:
         registry.get(method)
@@ -364,7 +367,8 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
         if gate.method and gate.method not in options.methods:
             raise UserError(f"Threshold names method '{gate.method}', which is not audited (--methods).")
     box_map = load_boxes(boxes) if boxes is not None else None
-    explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet)
+    explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet, **(limits or {}))
+    explainer.limits.check_forwards("deletion/insertion", 2 * (options.steps + 1))
     if any(registry.get(m).uses_layer for m in options.methods):
         explainer.model.resolve_layer(options.layer)
     torch_methods = [m for m in options.methods if registry.get(m).engine == "torch"]
@@ -373,7 +377,8 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
     other = None
     if compare is not None:
         other = Explainer(compare, preprocess=explainer.preprocess, labels=explainer.labels, device=device,
-                          quiet=quiet, input_size=explainer.model.probe_size)
+                          quiet=quiet, input_size=explainer.model.probe_size, **(limits or {}))
+        _same_classes(explainer, other)
     root = Path(images) if Path(images).is_dir() else Path(images).parent
     audit = Audit(explainer, other, options, box_map, root, Path(out), thresholds,
                   [str(model)] + ([str(compare)] if compare is not None else []))
@@ -381,17 +386,20 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
         audit.drift_skipped = {m: "the second model has ops the torch converter does not take (quantised models "
                                   "often do), so gradient methods cannot run on it" for m in torch_methods}
     audit.cost = _plan(audit, paths, quiet)
-    try:
-        for path in progress(paths, desc="audit", quiet=quiet, unit="image"):
-            audit.add_image(path)  # appended to the log; audit.json and the HTML are built once, at the end
-        if options.sanity:
-            audit.add_sanity(paths)
-    except BaseException:  # Ctrl-C (or a failure): what is done is still written, marked incomplete
-        audit.interrupted = True
-        raise
-    finally:
-        report = audit.write(html=True)
-    return report
+    with transaction(rollback_on=(UserError,)):  # a refusal mid-way leaves nothing behind
+        try:
+            for path in progress(paths, desc="audit", quiet=quiet, unit="image"):
+                audit.add_image(path)  # appended to the log; audit.json and the HTML are built once, at the end
+            if options.sanity:
+                audit.add_sanity(paths)
+            audit.finished = True
+        except UserError:
+            raise
+        except BaseException:  # Ctrl-C, SIGTERM (or a bug): what is done is still written, marked incomplete
+            audit.interrupted = True
+            audit.write(html=True)
+            raise
+        return audit.write(html=True)
 
 
 def format_summary(report: dict) -> str:
@@ -431,6 +439,14 @@ def _plan(audit: Audit, paths: Sequence[Path], quiet: bool) -> dict | None:
 
 
 # ---- small helpers ------------------------------------------------------------------------------
+def _same_classes(explainer: "Explainer", other: "Explainer") -> None:
+    """Refuse a second model whose first output has another number of classes (drift compares class by class)."""
+    a, b = (e.model.outputs[0].shape[-1] if e.model.outputs[0].shape else None for e in (explainer, other))
+    if isinstance(a, int) and isinstance(b, int) and a != b:
+        raise UserError(f"The model has {a} classes and the --compare model {b}; compare two versions of the "
+                        "same classifier (same classes).")
+
+
 def _converter_missing(explainer: "Explainer") -> bool:
     """True when the torch converter cannot take the explainer's model."""
     import onnxtorch
@@ -491,21 +507,3 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinity as null: JSON has neither."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file so an interrupt never leaves half a file."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)

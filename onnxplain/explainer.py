@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -14,8 +15,9 @@ import numpy as np
 from . import autolayer
 from . import methods as method_registry
 from .devices import plan_devices
-from .errors import DeviceError, ImageError, MethodError, UserError
+from .errors import DeviceError, ImageError, MethodError, ModelError, UserError
 from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
+from .limits import MAX_FORWARDS, MAX_OUTPUT_SIDE, MAX_PIXELS, LimitError, Limits
 from .methods.base import Attribution, Method
 from .model import Model
 from .memory import per_image_bytes
@@ -49,15 +51,53 @@ def read_labels(source: str | os.PathLike | Sequence[str] | None) -> list[str] |
         return None
     if isinstance(source, (list, tuple)):
         return [str(s) for s in source]
+    if not isinstance(source, (str, os.PathLike)):
+        raise UserError(f"Labels must be a file path or a list of names, not {type(source).__name__}.")
     path = Path(source)
     if not path.is_file():
-        raise UserError(f"Label file '{path}' does not exist; pass a text file with one class name per line.")
-    text = path.read_text(encoding="utf-8")
+        kind = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"Label file '{path}' {kind}; pass a text file with one class name per line.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"Label file '{path}' is not UTF-8 text; save it as UTF-8 with one class name per line.") \
+            from None
     if path.suffix == ".json":
         import json
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"Label file '{path}' is not valid JSON ({exc.msg} at line {exc.lineno}); write a JSON "
+                            "list of names or a text file with one name per line.") from None
+        if not isinstance(data, (list, dict)):
+            raise UserError(f"Label file '{path}' must hold a JSON list (or object) of class names.")
         return [str(v) for v in (data.values() if isinstance(data, dict) else data)]
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def warn_nonfinite(what: str, values: np.ndarray) -> bool:
+    """Log a warning when `values` hold NaN or infinity (JSON writes them as null); True when they do."""
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        log.warning("%s holds %d NaN or infinite value(s) of %d; the model's weights or its input may be broken.",
+                    what, bad, np.size(values))
+    return bool(bad)
+
+
+def check_inputs(model: Model, image_input: str, limits: Limits) -> None:
+    """Refuse a model onnxplain cannot feed: required inputs besides the image, or absurd image dims."""
+    others = [i for i in model.inputs if i.name != image_input]
+    if others:
+        names = ", ".join(f"'{i.name}' ({i.dtype} {list(i.shape)})" for i in others)
+        raise ModelError(f"The model needs input(s) {names} besides the image '{image_input}', and onnxplain feeds "
+                         "only the image; bake the others in as constants (e.g. make them initializers with onnx or "
+                         "onnx-ir) or re-export the model with the image as its only input.")
+    image = next(i for i in model.inputs if i.name == image_input)
+    dims = [d for d in image.shape if isinstance(d, int)]
+    if any(d > limits.max_pixels for d in dims) or (len(dims) == len(image.shape) and
+                                                     math.prod(dims) > 4 * limits.max_pixels):
+        raise LimitError(f"The model's input '{image_input}' has dims {list(image.shape)}, far more than an image "
+                         f"of {limits.max_pixels / 1e6:g} megapixels; re-export it with a real image size.")
 
 
 class Explainer:
@@ -79,7 +119,9 @@ class Explainer:
                  batch_size: int = 32, quiet: bool = False, input_name: str | None = None,
                  input_size: tuple[int, int] | str | None = None, engine: str = "auto", resize: str | None = None,
                  order: str | None = None, layout: str | None = None, detector: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, max_pixels: int = MAX_PIXELS,
+                 max_forwards: int = MAX_FORWARDS, max_output_side: int = MAX_OUTPUT_SIDE):
+        self.limits = Limits(max_pixels, max_forwards, max_output_side)
         self.threads = threads
         self.model = Model.load(model)
         self.task = understand(self.model, input_size, resize, order, layout, detector,
@@ -91,6 +133,7 @@ class Explainer:
             raise UserError("The model has no inputs to feed an image to.")
         if input_name and self.input.name != input_name:
             raise UserError(f"The model has no input named '{input_name}'.")
+        check_inputs(self.model, self.input.name, self.limits)
         self.spec = InputSpec.from_shape(self.input.name, self.input.shape)
         if self.task.layout.source == "option":
             self.spec = replace(self.spec, layout=self.task.layout.value)
@@ -124,7 +167,9 @@ class Explainer:
         """
         return Explainer(self.model.reweighted(proto), preprocess=self.preprocess, device=self.device,
                          labels=self.labels, batch_size=self.runtime.batch_size, quiet=self.quiet,
-                         input_name=self.input.name, input_size=self.model.probe_size, engine=self.engine)
+                         input_name=self.input.name, input_size=self.model.probe_size, engine=self.engine,
+                         max_pixels=self.limits.max_pixels, max_forwards=self.limits.max_forwards,
+                         max_output_side=self.limits.max_output_side)
 
     @property
     def torch_device(self) -> str:
@@ -160,9 +205,12 @@ class Explainer:
         """Decode and preprocess images into one batch (a Prepared batch passes through)."""
         if isinstance(images, Prepared):
             return images
-        if isinstance(images, (str, os.PathLike, bytes)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+        if isinstance(images, (str, os.PathLike, bytes)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]
-        return prepare(list(images), self.spec, self.preprocess)
+        if not isinstance(images, (list, tuple, np.ndarray)):
+            raise ImageError(f"Images must be a path, encoded bytes, an array or a list of these, not "
+                             f"{type(images).__name__}.")
+        return prepare(list(images), self.spec, self.preprocess, self.limits)
 
     def forward(self, batch: Prepared, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Model outputs plus the requested tensors for the batch, computed once and kept in batch.cache."""
@@ -224,6 +272,8 @@ class Explainer:
     # ---- public API -----------------------------------------------------------------------
     def predict(self, images, top: int = 5, output: str | None = None) -> list[Prediction]:
         """Top-k classes with names (when labels are known) and probabilities for each image."""
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+            raise UserError(f"top must be a whole number of at least 1, not {top!r}.")
         batch = self.prepare(images)
         output = self.output_name(output)
         info = self.task.output(output)
@@ -231,6 +281,7 @@ class Explainer:
         if info is not None and info.kind in ("sequence", "detection rows", "detection scores", "dense map"):
             return [self._predict_structured(name, output, info, v, top) for name, v in zip(batch.names, value)]
         scores = value.reshape(len(batch), -1)
+        warn_nonfinite(f"The model's output '{output}'", scores)
         results = []
         for name, row in zip(batch.names, scores):
             probs = row if info is not None and info.normalised else softmax(row)
@@ -268,6 +319,10 @@ class Explainer:
         (original pixels) | a Target | a callable on the outputs dict | a list with one of these per image.
         `output` picks the model output by name (default: the first); `box_layout` describes detector rows.
         """
+        if not isinstance(method, str):
+            raise MethodError(f"method must be a method's name (text), not {type(method).__name__}.")
+        if layer is not None and not isinstance(layer, str):
+            raise UserError(f"layer must be a tensor name, auto or last-conv (text), not {type(layer).__name__}.")
         cls = method_registry.get(method)
         method_params = cls.make_params(**params)
         batch = self.prepare(images)
@@ -289,6 +344,7 @@ class Explainer:
         why = None
         if auto:
             layer_name, why = autolayer.choose(self, work, output, flat_targets, probe=True)
+        self.limits.check_forwards(cls.name, cls.cost(method_params, batch.hw, self._layer_shape(layer_name)))
         if cls.multi_target:  # one set of forwards per image serves all its targets
             raw = self._run_method(cls(method_params), batch, per_image, layer_name, many=True)
         else:
@@ -296,6 +352,29 @@ class Explainer:
         extras = [{**e, "auto_layer": why} if why else e for e in raw.extras]
         return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], extras[i], output)
                 for i, t in enumerate(flat_targets)]
+
+    def check_cost(self, method: str, params: dict | None = None, layer: str | None = "auto",
+                   output: str | None = None) -> int:
+        """The forward passes per image that `method` with `params` would need here; LimitError over
+        max_forwards. Cheap (no model run): the server calls it before queueing a request."""
+        cls = method_registry.get(method)
+        method_params = cls.make_params(**(params or {}))
+        layer_name = self.model.resolve_layer(layer, self.output_name(output)) if cls.uses_layer else None
+        forwards = cls.cost(method_params, self.input_hw, self._layer_shape(layer_name))
+        self.limits.check_forwards(cls.name, forwards)
+        return forwards
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """The model-input size images are resized to."""
+        return self.spec.size or self.preprocess.size or (224, 224)
+
+    def _layer_shape(self, layer: str | None) -> tuple | None:
+        """(C, h, w) of a spatial layer (None where unknown), what method costs depend on."""
+        info = self.model.tensors.get(layer) if layer is not None else None
+        if info is None or not info.spatial:
+            return None
+        return (info.channels,) + tuple(info.hw or (None, None))
 
     def explain_bytes(self, image_bytes: bytes, method: str = "grad-cam", **kwargs) -> list[Attribution]:
         """Explain one encoded image (PNG, JPEG, ... as bytes), as a server receives it; never reads a path.
@@ -324,6 +403,7 @@ class Explainer:
     def _attribution(self, cls: type[Method], params: Any, batch: Prepared, i: int, target: Target,
                      layer: str | None, raw: np.ndarray, extras: dict, output: str) -> Attribution:
         import cv2
+        warn_nonfinite(f"Method '{cls.name}''s map of '{batch.names[i]}'", raw)
         h, w = batch.hw
         upsampled = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR) if raw.shape != (h, w) else raw
         valid = batch.pixel_maps[i].valid_original()  # outside the crop the model saw nothing: no value there

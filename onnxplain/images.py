@@ -5,7 +5,9 @@ pixels, so a heatmap at input resolution is warped back onto the original exactl
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError
+from .limits import Limits, PixelLimitError
 
 ImageSource = str | os.PathLike | bytes | np.ndarray
 
@@ -57,6 +60,7 @@ class PixelMap:
     matrix: np.ndarray
     original_hw: tuple[int, int]
     input_hw: tuple[int, int]
+    scale: float = 1.0  # original_hw is the decoded image's size times this (bounded for huge originals)
 
     def to_original(self, heatmap: np.ndarray) -> np.ndarray:
         """Warp a map at model-input resolution (any size, resized first) back onto the original image."""
@@ -79,6 +83,7 @@ class PixelMap:
 
     def box_to_input(self, box: Sequence[float]) -> tuple[float, float, float, float]:
         """An (x1, y1, x2, y2) box in original pixels, in model-input pixels."""
+        box = [float(v) * self.scale for v in box[:4]]
         (x1, y1), (x2, y2) = (self.matrix @ np.array([[box[0], box[2]], [box[1], box[3]], [1, 1]])).T
         return float(x1), float(y1), float(x2), float(y2)
 
@@ -101,31 +106,104 @@ class InputSpec:
         return cls(name, "NHWC" if nhwc else "NCHW", c if isinstance(c, int) else 3, size)
 
 
-def decode(source: ImageSource) -> np.ndarray:
-    """An RGB (or gray / RGBA as decoded) uint8 array from a path, encoded bytes or an array."""
+def decode(source: ImageSource, limits: Limits | None = None) -> np.ndarray:
+    """An RGB (or gray / RGBA as decoded) uint8 array from a path, encoded bytes or an array.
+
+    Encoded images are checked against `limits.max_pixels` from their header before decoding, and JPEG
+    EXIF orientation is applied, so portrait photos reach the model upright.
+    """
+    limits = limits or Limits()
     if isinstance(source, np.ndarray):
-        image = source
-        if image.dtype != np.uint8:
-            if image.dtype.kind == "f" and image.max() <= 1.0:
-                image = image * 255
-            image = np.clip(image, 0, 255).astype(np.uint8)
-        return image
-    if isinstance(source, (bytes, bytearray)):
+        return _from_array(source, limits)
+    if isinstance(source, (bytes, bytearray, memoryview)):
         data, label = np.frombuffer(bytes(source), np.uint8), "The image bytes"
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise ImageError(f"Image path '{path}' is a folder, not a file; pass the image files in it.")
         if not path.is_file():
             raise ImageError(f"Image file '{path}' does not exist; check the path.")
         data, label = np.fromfile(str(path), np.uint8), f"Image file '{path}'"
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
+    else:
+        raise ImageError(f"An image must be a path, encoded bytes or a numpy array, not {type(source).__name__}.")
+    orientation = _check_header(data.tobytes(), "The image" if label == "The image bytes" else label, limits)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
         raise ImageError(f"{label} could not be decoded as an image; use a format opencv reads (PNG, JPEG, ...).")
     if image.dtype != np.uint8:
         image = (image / (256 if image.dtype == np.uint16 else 1)).clip(0, 255).astype(np.uint8)
     if image.ndim == 3:
         code = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
         image = cv2.cvtColor(image, code)
+    return np.ascontiguousarray(orient(image, orientation))
+
+
+def _from_array(image: np.ndarray, limits: Limits) -> np.ndarray:
+    """A uint8 image from an array (floats in [0, 1] scaled to 255), its shape and values checked."""
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or 0 in image.shape:
+        raise ImageError(f"An image array must be (H, W) or (H, W, 1|3|4) with H, W > 0, not {image.shape}.")
+    if image.dtype.kind not in "uifb":
+        raise ImageError(f"An image array must hold numbers, not {image.dtype}.")
+    limits.check_pixels(image.shape[1], image.shape[0], "The image array")
+    if image.dtype != np.uint8:
+        if image.dtype.kind == "f":
+            if not np.isfinite(image).all():
+                raise ImageError("The image array holds NaN or infinite values; pass finite pixel values.")
+            if image.max() <= 1.0:
+                image = image * 255
+        image = np.clip(image, 0, 255).astype(np.uint8)
     return image
+
+
+def check_encoded(data: bytes, limits: Limits | None = None, label: str = "The image") -> int:
+    """Refuse encoded bytes whose header claims more than the pixel limit, without decoding (the server calls it
+    before queueing); returns the EXIF orientation (1 = upright)."""
+    return _check_header(bytes(data), label, limits or Limits())
+
+
+def _check_header(data: bytes, label: str, limits: Limits) -> int:
+    """The EXIF orientation (1 = upright) of encoded bytes, after refusing a header over the pixel limit.
+
+    Read by Pillow without decoding pixels; formats Pillow does not know are left to opencv (orientation 1).
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "MPO", "TIFF", "WEBP") else 1
+    except Image.DecompressionBombError as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(claimed.group(1)) / 1e6:.0f} megapixels" if claimed else "a huge size"
+        raise PixelLimitError(f"{label} claims {pixels}, over the limit of {limits.max_pixels / 1e6:g} megapixels; "
+                         "scale it down or raise --max-pixels.") from None
+    except Exception:  # not a format Pillow reads, or a broken header: opencv decides
+        return 1
+    limits.check_pixels(width, height, label)
+    return orientation if orientation in ORIENTATIONS else 1
+
+
+# EXIF orientation -> how to turn the stored pixels upright (numpy views)
+ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The image turned upright for an EXIF orientation tag (1..8)."""
+    return ORIENTATIONS.get(orientation, ORIENTATIONS[1])(image)
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -196,12 +274,20 @@ class Prepared:
         return masks[:, None] if self.spec.layout == "NCHW" else masks[..., None]
 
 
-def prepare(sources: Sequence[ImageSource], spec: InputSpec, pre: Preprocess) -> Prepared:
-    """Decode, convert channels, resize and normalise images into one batch in the model's layout."""
+def prepare(sources: Sequence[ImageSource], spec: InputSpec, pre: Preprocess,
+            limits: Limits | None = None) -> Prepared:
+    """Decode, convert channels, resize and normalise images into one batch in the model's layout.
+
+    Originals longer than `limits.max_output_side` are scaled down first, so heatmaps and overlays at the
+    original's size stay bounded (boxes in original pixels are scaled alike by the PixelMap).
+    """
+    limits = limits or Limits()
+    if not len(sources):
+        raise ImageError("No images were given; pass at least one image (a path, encoded bytes or an array).")
     size = spec.size or pre.size or (224, 224)
     originals, maps, tensors, names = [], [], [], []
     for i, source in enumerate(sources):
-        image = to_channels(decode(source), spec.channels)
+        image, scale = bounded(to_channels(decode(source, limits), spec.channels), limits.max_output_side)
         if image.shape[2] == 3 and image.ndim == 3 and spec.channels == 3:
             rgb = image
         else:
@@ -213,12 +299,23 @@ def prepare(sources: Sequence[ImageSource], spec: InputSpec, pre: Preprocess) ->
             pixels = pixels[:, :, None]
         tensors.append(normalise(pixels, pre))
         originals.append(np.ascontiguousarray(rgb))
-        maps.append(PixelMap(matrix, image.shape[:2], size))
+        maps.append(PixelMap(matrix, image.shape[:2], size, scale))
         names.append(str(source) if isinstance(source, (str, os.PathLike)) else f"image{i}")
     x = np.stack(tensors).astype(np.float32)
     if spec.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
     return Prepared(np.ascontiguousarray(x), originals, maps, names, spec, pre)
+
+
+def bounded(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """The image scaled down (area-averaged) so its longer side is at most `side`, and the scale used."""
+    longest = max(image.shape[:2])
+    if longest <= side:
+        return image, 1.0
+    scale = side / longest
+    h, w = (max(1, round(d * scale)) for d in image.shape[:2])
+    small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return (small[:, :, None] if small.ndim == 2 and image.ndim == 3 else small), scale
 
 
 def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:

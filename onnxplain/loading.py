@@ -1,6 +1,7 @@
 """Reading an ONNX file safely: parse errors as one sentence, external data only from the model's folder."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import onnx
 from onnx import external_data_helper
 
 from .errors import ModelError
+
+log = logging.getLogger(__name__)
 
 
 def read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
@@ -17,7 +20,11 @@ def read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onn
     if isinstance(source, (bytes, bytearray)):
         path, data = None, bytes(source)
     else:
+        if not isinstance(source, (str, os.PathLike)):
+            raise ModelError(f"A model must be a path, ONNX bytes or a ModelProto, not {type(source).__name__}.")
         path = Path(source)
+        if path.is_dir():
+            raise ModelError(f"Model path '{path}' is a folder, not a file; pass the .onnx file inside it.")
         if not path.is_file():
             raise ModelError(f"Model file '{path}' does not exist; check the path.")
         data = path.read_bytes()
@@ -30,7 +37,35 @@ def read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onn
     if not proto.graph.node or not proto.opset_import:
         raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} holds no ONNX graph; "
                          "pass an .onnx file exported by a framework.")
+    if not proto.graph.output:
+        raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} declares no graph "
+                         "outputs, so there is nothing to explain; re-export it with its outputs.")
     return proto, path
+
+
+def check_finite_weights(proto: onnx.ModelProto) -> None:
+    """Refuse weights holding NaN (one sentence naming the first); infinities are logged (masks use -inf)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node if n.op_type == "Constant"
+                                               for a in n.attribute if a.name == "value"]
+    for tensor in tensors:
+        if tensor.data_type not in FLOAT_TYPES:
+            continue
+        values = numpy_helper.to_array(tensor)
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            continue
+        nans = int(np.isnan(values).sum())
+        if nans:
+            raise ModelError(f"The model's weight '{tensor.name}' holds {nans} NaN value(s) of {values.size}; the "
+                             "export or the training went wrong, re-export from a checkpoint with finite weights.")
+        log.warning("The model's weight '%s' holds %d infinite value(s); fine for masks, a bug anywhere else.",
+                    tensor.name, int(bad.sum()))
+
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
 def load_external_data(proto: onnx.ModelProto, folder: Path | None) -> None:

@@ -19,7 +19,7 @@ from onnx import shape_inference
 
 from . import graph
 from .errors import ModelError, TensorNameError, unknown_name_message
-from .loading import load_external_data, read_proto
+from .loading import check_finite_weights, load_external_data, read_proto
 from .probe import probe_shapes
 
 Dim = int | str | None
@@ -119,6 +119,7 @@ class Model:
             return source
         proto, path = read_proto(source)
         load_external_data(proto, path.parent if path else None)
+        check_finite_weights(proto)
         return cls(proto, path, probe_size)
 
     def reweighted(self, proto: onnx.ModelProto) -> "Model":

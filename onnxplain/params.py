@@ -59,11 +59,11 @@ def coerce(key: str, value: Any, default: Any, hint: Any = None, owner: str = ""
     """`value` as the type of `default` (or of the annotation `hint` when the default is None).
 
     Text becomes bool (true/false/yes/no/1/0), int, float (also '8/255'), or a tuple ('16x16', '1,2,3');
-    one value for a tuple of n broadcasts to all n ('8' -> (8, 8)). Non-text values pass through, except
-    that a number or list for a tuple default becomes a tuple the same way.
+    one value for a tuple of n broadcasts to all n ('8' -> (8, 8)). Other values must already have the
+    type (an integral float counts as an int); a number or list for a tuple default becomes a tuple the same way.
     """
     kind = _kind(default, hint)
-    if kind is None or kind is str:
+    if kind is None or (kind is str and isinstance(value, str)) or (value is None and default is None):
         return value
     if isinstance(value, str):
         if default is None and value.strip().lower() in ("none", ""):
@@ -72,8 +72,38 @@ def coerce(key: str, value: Any, default: Any, hint: Any = None, owner: str = ""
             return _parse(value, kind, default)
         except (ValueError, ZeroDivisionError):
             raise error(_bad_value(key, value, kind, default, owner)) from None
-    if kind is tuple and isinstance(value, (int, float, list)) and not isinstance(value, bool):
-        return _tuple(list(value) if isinstance(value, list) else [value], default)
+    try:
+        return _typed(value, kind, default)
+    except (ValueError, TypeError, OverflowError):
+        raise error(_bad_value(key, repr(value), kind, default, owner)) from None
+
+
+def _typed(value: Any, kind: type, default: Any) -> Any:
+    """A non-text value checked against `kind` (an integral float counts as an int); ValueError otherwise."""
+    number_types = (int, float)
+    if kind is str:
+        raise ValueError(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(value)
+        return value
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise ValueError(value)
+        return value
+    if kind is float:
+        if not isinstance(value, number_types):
+            raise ValueError(value)
+        return float(value)
+    if kind is tuple:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, number_types) and not isinstance(v, bool) for v in items):
+            raise ValueError(value)
+        return _tuple(items, default)
     return value
 
 
@@ -83,7 +113,7 @@ def _parse(text: str, kind: type, default: Any) -> Any:
     if kind is bool:
         return _bool(text)
     if kind is int:
-        return int(text)
+        return _whole(text)
     if kind is float:
         return number(text)
     parts = [p for p in text.replace("x", ",").replace("X", ",").split(",") if p.strip()]
@@ -93,6 +123,17 @@ def _parse(text: str, kind: type, default: Any) -> Any:
         raise ValueError(text)
     element = _element_kind(default)
     return _tuple([element(p.strip()) if element is not float else number(p) for p in parts], default)
+
+
+def _whole(text: str) -> int:
+    """An int from '8' or an integral float text like '1e12' (so a too-large count meets its limit's sentence)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def _bool(text: str) -> bool:
@@ -155,7 +196,8 @@ def _bad_value(key: str, value: str, kind: type, default: Any, owner: str) -> st
     elif kind is tuple:
         wants = "numbers separated by commas like 1,2,3"
     else:
-        wants = {bool: "true or false", int: "a whole number like 8", float: "a number like 0.5 or 8/255"}[kind]
+        wants = {bool: "true or false", int: "a whole number like 8", float: "a number like 0.5 or 8/255",
+                 str: "a name (text)"}[kind]
     return f"{where} cannot be '{value}'; give {wants}."
 
 

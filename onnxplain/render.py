@@ -136,13 +136,9 @@ def grid(tiles: Sequence[np.ndarray], columns: int | None = None, pad: int = 2,
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write an RGB (or gray) uint8 image as PNG; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), bgr):
-        raise OSError(f"could not write {path}")
-    return path
+    """Write an RGB (or gray) uint8 image as PNG (whole or not at all); returns the path."""
+    from .writing import write_bytes
+    return write_bytes(path, encode_png(image))
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -158,16 +154,16 @@ def save_attribution(attribution, prefix: str | Path, alpha: float = 0.5, colorm
     grayscale) and, where the colour gradient is kept, `.color.png`."""
     if colormap is not None:
         check_colormap(colormap)
+    from .writing import save_npy
     prefix = str(prefix)
-    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     files = {"overlay": str(write_png(prefix + ".png", attribution.overlay(alpha, colormap))),
              "heatmap": prefix + ".npy", "raw": prefix + ".raw.npy"}
-    np.save(files["heatmap"], attribution.heatmap.astype(np.float32))
-    np.save(files["raw"], attribution.raw.astype(np.float32))
+    save_npy(files["heatmap"], attribution.heatmap.astype(np.float32))
+    save_npy(files["raw"], attribution.raw.astype(np.float32))
     valid = getattr(attribution, "valid", None)
     if valid is not None:
         files["valid"] = prefix + ".valid.npy"
-        np.save(files["valid"], valid)
+        save_npy(files["valid"], valid)
     if attribution.method in PIXEL_METHODS:
         files["gradient"] = str(write_png(prefix + ".gradient.png", gradient_picture(attribution.heatmap, valid)))
     for key, value in attribution.extras.items():

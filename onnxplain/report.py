@@ -16,12 +16,8 @@ CURVES = (("deletion", "#c0392b"), ("insertion", "#2460a7"))  # curve kind and i
 
 def write_html(report: dict, thumbs: dict[str, str], path: str | Path) -> Path:
     """Write the audit report (as `audit.Audit.report()` builds it) with its base64 thumbnails; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(render_html(report, thumbs), encoding="utf-8")
-    temp.replace(path)
-    return path
+    from .writing import write_text
+    return write_text(path, render_html(report, thumbs))
 
 
 def render_html(report: dict, thumbs: dict[str, str]) -> str:

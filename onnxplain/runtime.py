@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from . import memory
 from .errors import ModelError
+from .limits import checkpoint
 from .progress import progress
 from .surgery import expose
 
@@ -142,6 +143,7 @@ class BatchedRuntime(abc.ABC):
         chunks: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
         starts = range(0, total, step)
         for start in progress(starts, desc=desc, quiet=self.quiet or len(starts) < 4, unit="batch"):
+            checkpoint()  # a deadline passed or the client left: stop between batches
             part = {k: as_input(v[start:start + step], self.input_dtypes.get(k)) for k, v in feeds.items()}
             for name, value in zip(outputs, self._run_batch(outputs, part)):
                 chunks[name].append(value.astype(np.float32) if value.dtype == np.float16 else value)
@@ -188,8 +190,11 @@ class Runtime(BatchedRuntime):
                 options.log_severity_level = 3
                 if self.threads:
                     options.intra_op_num_threads = self.threads
-                self._sessions[key] = ort.InferenceSession(proto.SerializeToString(), options,
-                                                           providers=self.providers)
+                try:
+                    self._sessions[key] = ort.InferenceSession(proto.SerializeToString(), options,
+                                                               providers=self.providers)
+                except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented: not Python types
+                    raise load_error(exc) from None
             return self._sessions[key]
 
     def _prepare(self, outputs: list[str]) -> None:
@@ -200,6 +205,21 @@ class Runtime(BatchedRuntime):
         if self.device != "cuda":
             return session.run(outputs, part)
         return run_bound(session, outputs, part, "cuda")
+
+
+def load_error(exc: Exception) -> ModelError:
+    """One sentence for a model onnxruntime refuses to load: an opset newer than it knows, or another reason."""
+    import re
+    text = str(exc)
+    newest = re.search(r"support for domain (\S+) is till opset (\d+)", text)
+    used = re.search(r"Opset (\d+)", text)
+    if newest:
+        return ModelError(f"The model uses opset {used.group(1) if used else '?'} of {newest.group(1)}, newer than "
+                          f"onnxruntime {ort.__version__} supports (up to {newest.group(2)}); re-export it with "
+                          f"opset {newest.group(2)} or lower, or upgrade onnxruntime.")
+    detail = re.sub(r"\s+", " ", text.split(" : ")[-1]).strip().rstrip(".")[:300]
+    return ModelError(f"onnxruntime {ort.__version__} cannot load the model ({detail}); re-export it with a "
+                      "released opset or check it with `onnxplain inspect`.")
 
 
 def run_bound(session: ort.InferenceSession, outputs: list[str], feeds: Mapping[str, np.ndarray],

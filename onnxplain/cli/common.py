@@ -5,6 +5,7 @@ time), so `onnxplain --help` loads neither onnx, onnxruntime, numpy, torch nor c
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from dataclasses import dataclass
@@ -20,16 +21,46 @@ OUT_DEFAULT = "onnxplain-out"
 class UserErrorsExit2:
     """Mixin for click commands and groups: a UserError prints `error: <sentence>` on stderr and exits 2.
 
-    Every group uses it, so a subgroup behaves the same mounted under `onnxplain` or run on its own.
+    Every group uses it, so a subgroup behaves the same mounted under `onnxplain` or run on its own. The
+    command runs in a writing transaction: when it fails or is interrupted (Ctrl-C, or SIGTERM, which is
+    handled like Ctrl-C), the files it wrote are removed; interrupts exit 130.
     """
 
     def invoke(self, ctx):
         from ..errors import UserError
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+        from ..writing import transaction
+        with _sigterm_as_interrupt():
+            try:
+                with transaction((Exception, KeyboardInterrupt), keep=(click.exceptions.Exit,)):
+                    return super().invoke(ctx)
+            except click.exceptions.Exit:
+                raise
+            except UserError as exc:
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(2)
+            except KeyboardInterrupt:
+                click.echo("interrupted: the files this run wrote were removed", err=True)
+                ctx.exit(130)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (a timeout stops us cleanly)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Group(UserErrorsExit2, click.Group):
@@ -61,12 +92,13 @@ class LazyGroup(Group):
 # ---- the model options ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelOptions:
-    """What every command that loads a model takes: preprocessing, labels, device, engine, batch size."""
+    """What every command that loads a model takes: preprocessing, labels, device, engine, batch size, limits."""
     preset: str | None = None
     labels: str | None = None
     device: str = "auto"
     engine: str = "auto"
     batch_size: int | None = None
+    limits: dict | None = None  # max_pixels, max_forwards, max_output_side (onnxplain.limits)
 
     def explainer(self, model: str, quiet: bool | None = None) -> Any:
         """The Explainer these options describe (progress bars follow `onnxplain --quiet` unless told)."""
@@ -74,7 +106,7 @@ class ModelOptions:
         from ..explainer import Explainer
         extra = {} if self.batch_size is None else {"batch_size": self.batch_size}
         return Explainer(model, preprocess=self.preset, labels=self.labels, device=self.device, engine=self.engine,
-                         quiet=progress.QUIET if quiet is None else quiet, **extra)
+                         quiet=progress.QUIET if quiet is None else quiet, **extra, **(self.limits or {}))
 
 
 def model_options(engine: bool = False, batch_size: int | None = None) -> Callable:
@@ -84,6 +116,12 @@ def model_options(engine: bool = False, batch_size: int | None = None) -> Callab
         click.option("--preset", default=None, help="Preprocessing preset (default: model metadata or imagenet)."),
         click.option("--labels", type=click.Path(), default=None, help="Class names, one per line."),
         click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True),
+        click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(1, None),
+                     help="Largest image (width x height), checked from its header before decoding."),
+        click.option("--max-forwards", default=100_000, show_default=True, type=click.IntRange(1, None),
+                     help="Most forward passes one explanation of one image may cost (n, steps, windows, ...)."),
+        click.option("--max-output-side", default=4096, show_default=True, type=click.IntRange(16, None),
+                     help="Longest side of heatmaps and overlays; larger images are scaled down for them."),
     ]
     if engine:
         options.append(click.option(
@@ -96,8 +134,10 @@ def model_options(engine: bool = False, batch_size: int | None = None) -> Callab
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
-        def command(*args, preset, labels, device, engine="auto", batch_size=None, **kwargs):
-            models = ModelOptions(preset, labels, device, engine, batch_size)
+        def command(*args, preset, labels, device, max_pixels, max_forwards, max_output_side, engine="auto",
+                    batch_size=None, **kwargs):
+            limits = {"max_pixels": max_pixels, "max_forwards": max_forwards, "max_output_side": max_output_side}
+            models = ModelOptions(preset, labels, device, engine, batch_size, limits)
             return func(*args, models=models, **kwargs)
         for option in reversed(options):
             command = option(command)
@@ -113,7 +153,6 @@ def param_option(example: str = "stride=8", metavar: str = "KEY=VALUE", help: st
 
 
 def out_dir(path: str) -> Path:
-    """The output folder, created."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    """The output folder, checked (not a file, writable) and created; a failed command removes it again."""
+    from ..writing import check_out, make_dirs
+    return make_dirs(check_out(path))

@@ -30,13 +30,14 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, layer
     """Explain IMAGES with one or more methods: overlay PNG, raw .npy, and explain.json in --out."""
     from ..errors import MethodError, UserError
     from ..params import parse_pairs
+    from ..writing import check_out, write_json
     params = parse_pairs(param, "stride=8", MethodError)
+    out = check_out(out_dir)
     explainer = models.explainer(model)
     batch = explainer.prepare(list(images))
     results = {}
     for name in [m.strip() for m in method.split(",") if m.strip()]:
         results[name] = explainer.explain(batch, method=name, target=target, layer=layer, output=output, **params)
-    out = Path(out_dir)
     manifest = {"schema_version": SCHEMA_VERSION, "model": str(model),
                 "predictions": [p.as_dict() for p in explainer.predict(batch)], "explanations": []}
     for name, attributions in results.items():
@@ -45,8 +46,7 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, layer
             tag = attribution.target.get("index", attribution.target.get("label", "target"))
             files = attribution.save(str(out / f"{stem}.{name}.{tag}"), alpha, colormap)
             manifest["explanations"].append({**attribution.summary(), "files": files})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "explain.json").write_text(json.dumps(manifest, indent=2))
+    write_json(out / "explain.json", manifest)
     for entry in manifest["explanations"]:
         click.echo(f"{entry['method']:<16} {entry['image']} -> {entry['files']['overlay']}")
     if not manifest["explanations"]:

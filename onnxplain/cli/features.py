@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..writing import write_json
 from .common import HELP, OUT_DEFAULT, Group, model_options, out_dir
 
 
@@ -52,7 +53,7 @@ def dead(model, images, layers, threshold, warn_fraction, out_path, as_json, mod
     explainer = models.explainer(model)
     report = dead_filters(explainer, list(images), list(layers) or None, threshold, warn_fraction)
     path = out_dir(out_path) / "dead.json"
-    path.write_text(json.dumps(report.as_dict(), indent=2))
+    write_json(path, report.as_dict())
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.text())
     if not as_json:
         click.echo(f"-> {path}")
@@ -74,7 +75,7 @@ def filters(model, layer, max_filters, max_inputs, tile, out_path, models):
     grid = run(explainer, layer, max_filters, max_inputs)
     out = out_dir(out_path)
     png = render.write_png(out / "filters.png", grid.image(tile))
-    (out / "filters.json").write_text(json.dumps(grid.as_dict(), indent=2))
+    write_json(out / "filters.json", grid.as_dict())
     kind = "colour" if grid.colour else "gray"
     click.echo(f"{len(grid.tiles)} {kind} tiles of {grid.weight} {list(grid.shape)} -> {png}")
 
@@ -159,8 +160,7 @@ def neighbours(model, embedding, queries, k, metric, tile, out_path, models):
     results = run(Embedding.load(embedding), list(queries), k, metric, explainer)
     out = out_dir(out_path)
     png = render.write_png(out / "neighbours.png", neighbours_grid(results, tile))
-    (out / "neighbours.json").write_text(json.dumps({"metric": metric, "queries": [r.as_dict() for r in results]},
-                                                    indent=2))
+    write_json(out / "neighbours.json", {"metric": metric, "queries": [r.as_dict() for r in results]})
     for result in results:
         click.echo(result.query)
         for name, distance in zip(result.names, result.distances):
@@ -187,10 +187,10 @@ def tsne(embedding, method, seed, perplexity, init, side, tile, out_path):
     out = out_dir(out_path)
     scatter = render.write_png(out / f"{method}.png", scatter_plot(coords, loaded.predicted, loaded.labels))
     grid = render.write_png(out / f"{method}-grid.png", image_map(coords, loaded.names, side, tile))
-    (out / f"{method}.json").write_text(json.dumps(
-        {"method": method, "seed": seed, "layer": loaded.layer,
-         "points": [{"name": n, "x": float(x), "y": float(y), "predicted": p}
-                    for n, (x, y), p in zip(loaded.names, coords, loaded.predicted)]}, indent=2))
+    write_json(out / f"{method}.json", {
+        "method": method, "seed": seed, "layer": loaded.layer,
+        "points": [{"name": n, "x": float(x), "y": float(y), "predicted": p}
+                   for n, (x, y), p in zip(loaded.names, coords, loaded.predicted)]})
     click.echo(f"{len(loaded)} points -> {scatter}, {grid}, {out / (method + '.json')}")
 
 

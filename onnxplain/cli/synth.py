@@ -29,9 +29,9 @@ def common_options(func):
     return func
 
 
-def _params(cls: type, pairs, **given) -> dict:
+def _params(cls: type, pairs, explainer=None, **given) -> dict:
     """Keyword overrides for a params dataclass from -p KEY=VALUE pairs (typed by the field's default)
-    and the explicit options that were set."""
+    and the explicit options that were set; steps x octaves are bounded by the explainer's --max-forwards."""
     import dataclasses
     from ..params import coerce_fields, parse_pairs
     from ..synthesis import SynthesisError
@@ -41,7 +41,14 @@ def _params(cls: type, pairs, **given) -> dict:
     if unknown:
         raise SynthesisError(f"Unknown parameter '{unknown[0]}' (known: {', '.join(known)}).")
     overrides = {k: v for k, v in given.items() if v is not None}
-    return {**overrides, **coerce_fields(cls, parsed, error=SynthesisError)}
+    merged = {**overrides, **coerce_fields(cls, parsed, error=SynthesisError)}
+    if explainer is not None:
+        defaults = cls()
+        steps, octaves = (merged.get(k, getattr(defaults, k, 1)) for k in ("steps", "octaves"))
+        if isinstance(steps, int) and isinstance(octaves, int):
+            explainer.limits.check_forwards(f"synth {cls.__name__.removesuffix('Params').lower()}",
+                                            steps * max(1, octaves))
+    return merged
 
 
 def _save(result, out_dir: str, stem: str) -> dict:
@@ -97,7 +104,7 @@ def maximize(model, layer, channel, position, target, output, lr, models, steps,
     """
     from ..synthesis.activation import MaximizeParams, maximize as run
     explainer = models.explainer(model)
-    overrides = _params(MaximizeParams, param, steps=steps, seed=seed, lr=lr)
+    overrides = _params(MaximizeParams, param, explainer, steps=steps, seed=seed, lr=lr)
     result = run(explainer, layer=layer, channel=channel, position=_position(position), target=target,
                  output=output, **overrides)
     objective = result.details["objective"]
@@ -118,7 +125,7 @@ def grid(model, layer, channels, batch_size, tile, columns, lr, models, steps, s
     """Many channels of LAYER maximised in one batch (one image per channel), as a labelled grid PNG."""
     from ..synthesis.activation import MaximizeParams, maximize_grid
     explainer = models.explainer(model)
-    overrides = _params(MaximizeParams, param, steps=steps, seed=seed, lr=lr)
+    overrides = _params(MaximizeParams, param, explainer, steps=steps, seed=seed, lr=lr)
     result = maximize_grid(explainer, layer, _channels(channels), batch_size=batch_size, tile=tile,
                            columns=columns, **overrides)
     _save(result, out_dir, "grid")
@@ -135,7 +142,7 @@ def class_vis(model, target, output, lam, lr, models, steps, seed, param, out_di
     """Simonyan's class model of MODEL: arg max S_c(I) - lambda ||I||^2 for class TARGET."""
     from ..synthesis.activation import ClassVisParams, class_vis as run
     explainer = models.explainer(model)
-    result = run(explainer, target, output, **_params(ClassVisParams, param, steps=steps, seed=seed, lam=lam, lr=lr))
+    result = run(explainer, target, output, **_params(ClassVisParams, param, explainer, steps=steps, seed=seed, lam=lam, lr=lr))
     _save(result, out_dir, f"class-vis.{result.details['objective']['channel']}")
 
 
@@ -150,7 +157,7 @@ def dream(model, image, layer, octaves, lr, models, steps, seed, param, out_dir)
     """DeepDream: amplify what LAYER of MODEL sees in IMAGE (steps are per octave)."""
     from ..synthesis.deepdream import DreamParams, dream as run
     explainer = models.explainer(model)
-    result = run(explainer, image, layer, **_params(DreamParams, param, steps=steps, seed=seed, octaves=octaves,
+    result = run(explainer, image, layer, **_params(DreamParams, param, explainer, steps=steps, seed=seed, octaves=octaves,
                                                     lr=lr))
     _save(result, out_dir, f"dream.{Path(image).stem}")
 
@@ -166,7 +173,7 @@ def invert(model, image, layer, tv_weight, lr, models, steps, seed, param, out_d
     """Reconstruct IMAGE from its features at LAYER of MODEL (Mahendran & Vedaldi), from noise."""
     from ..synthesis.inversion import InvertParams, invert as run
     explainer = models.explainer(model)
-    result = run(explainer, image, layer, **_params(InvertParams, param, steps=steps, seed=seed, tv_weight=tv_weight,
+    result = run(explainer, image, layer, **_params(InvertParams, param, explainer, steps=steps, seed=seed, tv_weight=tv_weight,
                                                     lr=lr))
     files = _save(result, out_dir, f"invert.{Path(image).stem}")
     click.echo(f"feature distance {result.details['feature_distance_start']:.4g} -> "
@@ -186,7 +193,7 @@ def fool(model, image, target, eps, alpha, margin, output, models, steps, seed, 
     """Targeted PGD: nudge IMAGE (at model-input size) until MODEL calls it TARGET, within --eps."""
     from ..synthesis.adversarial import FoolParams, fool as run
     explainer = models.explainer(model)
-    result = run(explainer, image, target, output, **_params(FoolParams, param, steps=steps, seed=seed, eps=eps,
+    result = run(explainer, image, target, output, **_params(FoolParams, param, explainer, steps=steps, seed=seed, eps=eps,
                                                              alpha=alpha, margin=margin))
     files = _save(result, out_dir, f"fool.{Path(image).stem}.{result.target}")
     verdict = "fooled" if result.success else "NOT fooled"
@@ -209,7 +216,7 @@ def texture(model, image, layers, weights, optimizer, models, steps, seed, param
     from ..synthesis.style_transfer import StyleParams, texture as run
     explainer = models.explainer(model)
     result = run(explainer, image, list(layers) or None, list(weights) or None,
-                 **_params(StyleParams, param, steps=steps, seed=seed, optimizer=optimizer))
+                 **_params(StyleParams, param, explainer, steps=steps, seed=seed, optimizer=optimizer))
     _save(result, out_dir, f"texture.{Path(image).stem}")
 
 
@@ -232,7 +239,7 @@ def style(model, content, style_image, content_layer, style_layers, style_weight
     explainer = models.explainer(model)
     result = run(explainer, content, style_image, content_layer, list(style_layers) or None,
                  list(style_weights) or None, content_weight, style_weight,
-                 **_params(StyleParams, param, steps=steps, seed=seed, optimizer=optimizer))
+                 **_params(StyleParams, param, explainer, steps=steps, seed=seed, optimizer=optimizer))
     _save(result, out_dir, f"style.{Path(content).stem}.{Path(style_image).stem}")
 
 

@@ -1,7 +1,6 @@
 """What one layer sees in one image: every channel's map as a labelled grid, with per-channel statistics."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import render
+from ..writing import write_json
 from ..images import ImageSource
 from .common import SCHEMA_VERSION, as_maps, image_name
 
@@ -40,7 +40,7 @@ class Activations:
         """Write `<prefix>.png` (the grid) and `<prefix>.json` (the statistics); returns the paths."""
         prefix = str(prefix)
         png = render.write_png(prefix + ".png", self.grid(tile_size, colormap))
-        Path(prefix + ".json").write_text(json.dumps(self.as_dict(), indent=2))
+        write_json(prefix + ".json", self.as_dict())
         return {"grid": str(png), "stats": prefix + ".json"}
 
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .. import render
+from ..writing import save_npy, write_json
 from ..images import ImageSource
 from .common import SCHEMA_VERSION, FeatureError, chunks, image_name, list_images, load_thumbnail, pooled
 
@@ -57,8 +58,8 @@ class Embedding:
         """Write `<path>.npy` (vectors) and `<path>.json` (index); returns both paths."""
         stem = Path(path).with_suffix("") if Path(path).suffix in (".npy", ".json") else Path(path)
         stem.parent.mkdir(parents=True, exist_ok=True)
-        np.save(str(stem) + ".npy", self.vectors.astype(np.float32))
-        Path(str(stem) + ".json").write_text(json.dumps(self.index(), indent=2))
+        save_npy(str(stem) + ".npy", self.vectors.astype(np.float32))
+        write_json(str(stem) + ".json", self.index())
         return {"vectors": str(stem) + ".npy", "index": str(stem) + ".json"}
 
     @classmethod

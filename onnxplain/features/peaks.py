@@ -6,13 +6,14 @@ filters (onnxplain.interpretable) should spread less than ordinary ones; `onnxpl
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+from ..writing import write_json
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -95,7 +96,7 @@ class Peaks:
         from .. import render
         prefix = str(prefix)
         png = render.write_png(prefix + ".png", self.grid(tile_size, colormap))
-        Path(prefix + ".json").write_text(json.dumps(self.as_dict(), indent=2))
+        write_json(prefix + ".json", self.as_dict())
         return {"grid": str(png), "json": prefix + ".json"}
 
 

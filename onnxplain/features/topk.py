@@ -6,7 +6,6 @@ the maximal position, in model-input pixels, mapped back onto the original image
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 
 from .. import render
+from ..writing import write_json
 from ..images import ImageSource, PixelMap
 from .common import SCHEMA_VERSION, FeatureError, as_maps, check_channel, chunks, image_name, list_images, thumbnail
 from .receptive import ReceptiveField, receptive_field
@@ -82,7 +82,7 @@ class TopK:
         files = {"images": str(render.write_png(prefix + ".images.png", self.images_grid())),
                  "patches": str(render.write_png(prefix + ".patches.png", self.patches_grid())),
                  "json": prefix + ".json"}
-        Path(files["json"]).write_text(json.dumps(self.as_dict(), indent=2))
+        write_json(files["json"], self.as_dict())
         return files
 
 

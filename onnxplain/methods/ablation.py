@@ -30,6 +30,12 @@ class AblationCAM(Method):
     class Params:
         relu: bool = True  # keep only positive evidence (False returns the signed weighted sum)
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        channels = layer_shape[0] if layer_shape and isinstance(layer_shape[0], int) else 1
+        keep = getattr(params, "channels", None)
+        return 1 + (min(channels, keep) if isinstance(keep, int) and keep > 0 else channels)
+
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         raw, info, acts = layer_activations(context, batch, layer)
         axis = 1 if info.layout == "NCHW" else raw.ndim - 1  # channel axis in the tensor's own layout

@@ -102,6 +102,12 @@ class Method(abc.ABC):
             raise MethodError(f"Method '{cls.name}' has no parameter '{unknown[0]}' (its parameters: {known}).")
         return cls.Params(**coerce_fields(cls.Params, given, f"method '{cls.name}'", MethodError))
 
+    @classmethod
+    def cost(cls, params: Any, input_hw: tuple[int, int], layer_shape: tuple | None = None) -> int:
+        """Forward (or forward+backward) passes per image this method needs with `params`, estimated before
+        any work so a limit can refuse it; `layer_shape` is the layer's (C, h, w) when the method uses one."""
+        return 1
+
     @abc.abstractmethod
     def explain(self, context: MethodContext, batch: "Prepared", targets: Sequence["Target"],
                 layer: str | None = None) -> RawMaps:

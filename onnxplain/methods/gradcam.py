@@ -20,7 +20,7 @@ from . import register
 from .base import Method, RawMaps
 from .gradient import input_gradients
 from .layout import channels_first_torch, chw_shape
-from .noise import gaussian_noise, noise_std, noise_tunnel
+from .noise import LazyNoise, noise_std, noise_tunnel
 from .perturb import batches
 from .torch_common import forward, gradients, layer_info, minmax, numpy_maps, reduce_channels, to_tensor, upsample
 
@@ -201,6 +201,10 @@ class SmoothGradCAMPlusPlus(Method):
         neurons: tuple = ()       # layer positions: row,col pairs (flat r1,c1,r2,c2,...); empty: all
         region: bool = False      # neurons are two corners of a rectangle of positions
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.n))
+
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
         if p.n < 0:
@@ -233,7 +237,7 @@ class SmoothGradCAMPlusPlus(Method):
         with torch.no_grad():
             _, tapped = forward(context, x[None], [layer])
         acts = channels_first_torch(tapped[layer], info)
-        noise = gaussian_noise(chw_shape(image, layout), p.n, noise_std(image, p.sigma), p.seed, layout)
+        noise = LazyNoise(chw_shape(image, layout), p.n, noise_std(image, p.sigma), p.seed, layout)
 
         def layer_gradient(noisy: torch.Tensor) -> torch.Tensor:
             tapped = gradients(context, noisy, [target] * len(noisy), taps=[layer], wrt_input=False).taps

@@ -18,7 +18,7 @@ from . import register
 from .base import Method, RawMaps
 from .baselines import baseline
 from .layout import chw_shape
-from .noise import gaussian_noise, noise_std, noise_tunnel
+from .noise import LazyNoise, noise_std, noise_tunnel
 from .perturb import batches, choose
 from .torch_common import forward, gradients, numpy_maps, reduce_channels, target_scores, to_tensor
 
@@ -125,6 +125,10 @@ class SmoothGrad(Method):
         seed: int = 0              # noise seed (each image draws from its own generator seeded with it)
         signed: bool = False       # smoothgrad only: signed channel sum instead of max |mean grad|
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.n))
+
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params
         choose(self.name, "kind", p.kind, NOISE_KINDS)
@@ -146,7 +150,7 @@ class SmoothGrad(Method):
 def noisy_gradient_moments(context: "MethodContext", image: np.ndarray, target: "Target", layout: str, n: int,
                            sigma: float, seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and mean square of the input gradient over `n` copies of one image plus Gaussian noise."""
-    noise = gaussian_noise(chw_shape(image, layout), n, noise_std(image, sigma), seed, layout)
+    noise = LazyNoise(chw_shape(image, layout), n, noise_std(image, sigma), seed, layout)
 
     def gradient(noisy: torch.Tensor) -> torch.Tensor:
         return gradients(context, noisy, [target] * len(noisy)).input
@@ -207,6 +211,10 @@ class IntegratedGradients(Method):
         blur_sigma: float = 10.0           # blurred baseline: Gaussian sigma in model-input pixels
         batch_size: int = 32               # path points per forward/backward pass
         seed: int = 0                      # uniform baseline's seed
+
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.steps))
 
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         p = self.params

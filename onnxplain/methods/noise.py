@@ -58,12 +58,32 @@ def gaussian_noise(shape_chw: Sequence[int], count: int, std: float, seed: int, 
     Drawn image by image from a generator seeded with `seed` in channels-first order, so an
     image gets the same noise alone or in a batch, in NCHW or NHWC models, on CPU or GPU.
     """
-    import torch
+    return LazyNoise(tuple(shape_chw), count, std, seed, layout)[0:count]
 
-    from .layout import nchw_to_input_torch
-    generator = torch.Generator().manual_seed(int(seed))
-    noise = torch.cat([torch.randn((1,) + tuple(shape_chw), generator=generator) for _ in range(count)]) * std
-    return nchw_to_input_torch(noise, layout)
+
+class LazyNoise:
+    """The draws of `gaussian_noise`, made on demand in consecutive slices (as noise_tunnel takes them), so
+    memory holds one chunk of noise whatever the count."""
+
+    def __init__(self, shape_chw: tuple[int, ...], count: int, std: float, seed: int, layout: str):
+        import torch
+        self.shape, self.count, self.std, self.layout = shape_chw, count, std, layout
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.drawn = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, rows: slice) -> "torch.Tensor":
+        import torch
+
+        from .layout import nchw_to_input_torch
+        start, stop, _ = rows.indices(self.count)
+        if start != self.drawn:
+            raise IndexError("LazyNoise is read once, in consecutive slices")
+        self.drawn = stop
+        draws = [torch.randn((1,) + self.shape, generator=self.generator) for _ in range(stop - start)]
+        return nchw_to_input_torch(torch.cat(draws) * self.std, self.layout)
 
 
 def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -93,6 +93,12 @@ class Occlusion(MultiTargetMethod):
         if p.blur_sigma < 0:
             raise MethodError(f"Parameter 'blur_sigma' of method '{self.name}' must be >= 0 (0 = automatic).")
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        (wh, ww), (sh, sw) = cls(params).geometry(input_hw)
+        return 1 + math.prod(math.ceil(max(side - win, 0) / step) + 1
+                             for side, win, step in zip(input_hw, (wh, ww), (sh, sw)))
+
     def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         self.validate()
         (wh, ww), (sh, sw) = self.geometry(batch.hw)

@@ -29,8 +29,10 @@ T = TypeVar("T")
 # ---- chunking ---------------------------------------------------------------------------------------
 def batches(count: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most `size` rows over `count` rows."""
+    from ..limits import checkpoint
     size = max(1, int(size))
     for start in range(0, count, size):
+        checkpoint()  # a deadline passed or the client left: stop between batches
         yield slice(start, min(start + size, count))
 
 

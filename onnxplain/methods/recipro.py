@@ -45,6 +45,12 @@ class ReciproCAM(MultiTargetMethod):
         mask: str = "gaussian"  # "gaussian" (3x3 kernel 1/4 centre, 1/8 edges, 1/16 corners) or "binary"
         softmax: bool = True    # score class targets by softmax probability, as the paper; False: raw target score
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        if not layer_shape or not all(isinstance(d, int) for d in layer_shape[1:]):
+            return 1
+        return 1 + layer_shape[1] * layer_shape[2]  # one forward of the tail per layer position
+
     def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         kind = choose(self.name, "mask", self.params.mask, ("gaussian", "binary"))
         raw, info, acts = layer_activations(context, batch, layer)

@@ -32,6 +32,9 @@ class RiseParams:
     control_variate: bool = True
 
 
+MASK_BYTES = 2**30  # most memory the coarse mask grids of one call may take
+
+
 @register
 class Rise(Method):
     """sum_i score(x * M_i) M_i / (n p), with a control variate by default.
@@ -45,6 +48,10 @@ class Rise(Method):
     summary = "score-weighted average of random smooth masks (Petsiuk et al.)"
     Params = RiseParams
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return max(1, int(params.n))
+
     def validate(self, hw: tuple[int, int]) -> None:
         p = self.params
         choose(self.name, "score", p.score, SCORES)
@@ -55,6 +62,9 @@ class Rise(Method):
         if not 1 <= p.grid <= min(hw):
             raise MethodError(f"Parameter 'grid' of method 'rise' must be between 1 and the input's shorter side "
                               f"({min(hw)}), not {p.grid}.")
+        if p.n * p.grid * p.grid * 4 > MASK_BYTES:  # the coarse grids of all masks are drawn up front
+            raise MethodError(f"Method 'rise' with n={p.n} and grid={p.grid} needs {p.n * p.grid ** 2 * 4 / 2**30:.1f} "
+                              "GiB of coarse masks, over 1 GiB; lower n or grid.")
 
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         self.validate(batch.hw)

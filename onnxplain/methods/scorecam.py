@@ -67,6 +67,12 @@ class ScoreCAM(Method):
         baseline: str = "zero"       # masked-out pixels: "zero" (0 in model space) or "blur" (blurred input)
         blur_sigma: float = 5.0      # Gaussian sigma in input pixels for baseline "blur"
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        channels = layer_shape[0] if layer_shape and isinstance(layer_shape[0], int) else 1
+        keep = getattr(params, "channels", None)
+        return 1 + (min(channels, keep) if isinstance(keep, int) and keep > 0 else channels)
+
     def explain(self, context, batch, targets, layer=None) -> RawMaps:
         keep = optional_count(self.name, "channels", self.params.channels)
         kind = choose(self.name, "baseline", self.params.baseline, ("zero", "blur"))

@@ -56,6 +56,10 @@ class SmoothGradFD(Method):
     summary = "SmoothGrad from forward passes only (antithetic Gaussian finite differences)"
     Params = SmoothGradFDParams
 
+    @classmethod
+    def cost(cls, params, input_hw, layer_shape=None) -> int:
+        return 2 * max(1, int(params.n))  # antithetic pairs: two forwards per draw
+
     def validate(self, hw: tuple[int, int]) -> None:
         p = self.params
         if p.n < 1:

@@ -15,7 +15,9 @@ from ..errors import UserError
 from .batcher import Batcher, Service
 from .config import ServeConfig
 from .openapi import document
-from .requests import EXPLAIN, PREDICT, HTTPError, read_request
+from ..limits import Cancelled, LimitError
+from .guard import RETRY_AFTER, Admission, read_request_within, run_job
+from .requests import EXPLAIN, PREDICT, HTTPError
 from .routes import Context, Endpoint, Protocol, error_response, json_response
 from .kserve_v1 import KSERVE_V1
 from .metrics import METRICS
@@ -44,17 +46,13 @@ async def model(ctx: Context, request: "Request") -> "Response":
 
 
 async def predict(ctx: Context, request: "Request") -> "Response":
-    fields, image = await read_request(request, ctx.config.max_body)
-    job = PREDICT.parse(fields, image, ctx.config)
-    ctx.service.check(job)
-    return json_response(await ctx.batcher.submit(job.key(), job))
+    fields, image = await read_request_within(request, ctx.config)
+    return json_response(await run_job(ctx, request, PREDICT.parse(fields, image, ctx.config)))
 
 
 async def explain(ctx: Context, request: "Request") -> "Response":
-    fields, image = await read_request(request, ctx.config.max_body)
-    job = EXPLAIN.parse(fields, image, ctx.config)
-    ctx.service.check(job)
-    return json_response(await ctx.batcher.submit(job.key(), job))
+    fields, image = await read_request_within(request, ctx.config)
+    return json_response(await run_job(ctx, request, EXPLAIN.parse(fields, image, ctx.config)))
 
 
 async def openapi(ctx: Context, request: "Request") -> "Response":
@@ -79,7 +77,7 @@ NATIVE_SCHEMAS = {
         "method": {"type": "string"}, "layer": {"type": ["string", "null"]}, "predictions": CLASSES,
         "explanations": {"type": "array", "items": {"$ref": "#/components/schemas/Explanation"}}}},
 }
-POST_REFUSALS = (400, 413, 415, 422, 503)
+POST_REFUSALS = (400, 408, 413, 415, 422, 503, 504)
 NATIVE = Protocol("onnxplain", (
     Endpoint("/health", "GET", health, "Liveness, queue length and batch counters.", "Serving."),
     Endpoint("/model", "GET", model, "Inputs, outputs, preprocessing, spatial layers and methods.", "The model."),
@@ -95,7 +93,7 @@ PROTOCOLS: tuple[Protocol, ...] = (NATIVE, READINESS, METRICS, KSERVE_V1, V2)  #
 # ---- the app ---------------------------------------------------------------------------------
 def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16 * 2**20, queue_size: int = 64,
                workers: int = 2, batch_wait: float = 0.005, name: str | None = None, token: str | None = None,
-               warmup: tuple[str, ...] = ()) -> "Starlette":
+               warmup: tuple[str, ...] = (), timeout: float = 60.0, body_timeout: float = 10.0) -> "Starlette":
     """The ASGI app serving one Explainer: run it under uvicorn or mount it into another ASGI app.
 
     Every request shares the explainer; model work runs in `workers` threads, in batches of up to
@@ -103,13 +101,16 @@ def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16
     bytes get 413. `name` is the model's name in KServe V1 / V2 paths (default: the file's stem); with `token`
     every route but health, readiness and ping needs `Authorization: Bearer TOKEN`; the app is ready (GET
     /readyz, /v2/health/ready) once a prediction and one explanation per `warmup` method have run.
+    A body must arrive within `body_timeout` seconds (408) and an answer within `timeout`
+    (504; the work is cancelled between batches, as when the client leaves). The explainer's limits
+    (max_pixels, max_forwards) refuse work with 413 before it is queued.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.routing import Route
 
     config = ServeConfig(max_batch=max_batch, max_body=max_body, queue_size=queue_size, workers=workers,
-                         batch_wait=batch_wait)
+                         batch_wait=batch_wait, timeout=timeout, body_timeout=body_timeout)
     service = Service(explainer)
     batcher = Batcher(service.run, config)
     state = ServeState.create(service, batcher, name, token, warmup)
@@ -126,7 +127,10 @@ def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16
         yield
         batcher.close()
 
-    routes = [Route(e.path, state.wrap(e, _guarded(functools.partial(e.handler, ctx))), methods=[e.method])
+    admission = Admission(config.max_inflight)
+    routes = [Route(e.path, state.wrap(e, _guarded(functools.partial(e.handler, ctx),
+                                                   admission if e.method == "POST" else None)),
+                    methods=[e.method])
               for protocol in PROTOCOLS for e in protocol.endpoints]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.explainer, app.state.batcher, app.state.config = explainer, batcher, config
@@ -134,18 +138,27 @@ def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16
     return app
 
 
-def _guarded(endpoint: Callable) -> Callable:
-    """An endpoint whose refusals become {"error": sentence} answers: HTTPError, UserError (400), full queue (503)."""
+def _guarded(endpoint: Callable, admission: Admission | None = None) -> Callable:
+    """An endpoint whose refusals become {"error": sentence} answers: HTTPError, work over a limit (413),
+    cancelled work (504), other UserErrors (400), a full queue or too many requests at once (503).
+
+    With `admission` (model routes), the app refuses past its own in-flight limit before reading the body.
+    """
     async def handler(request: "Request") -> "Response":
         try:
-            return await endpoint(request)
+            with admission.admit() if admission is not None else contextlib.nullcontext():
+                return await endpoint(request)
         except HTTPError as exc:
-            return error_response(exc.status, exc.message)
+            return error_response(exc.status, exc.message, exc.headers)
+        except LimitError as exc:
+            return error_response(413, str(exc))
+        except Cancelled as exc:
+            return error_response(504, str(exc))
         except UserError as exc:
             return error_response(400, str(exc))
         except asyncio.QueueFull:
             return error_response(503, "The server is busy (its request queue is full); retry shortly.",
-                                  {"Retry-After": "1"})
+                                  RETRY_AFTER)
     return handler
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UserError
+from ..limits import AllCancelled, Cancelled, CancelToken, watching
 from .config import ServeConfig
 from .requests import ExplainJob, HTTPError, PredictJob
 
@@ -29,6 +30,11 @@ class _Pending:
     key: tuple
     job: Any
     future: asyncio.Future
+    token: CancelToken | None = None  # its deadline, or a client that left, stops the work between batches
+
+    @property
+    def live(self) -> bool:
+        return not self.future.done() and (self.token is None or self.token.reason is None)
 
 
 class Batcher:
@@ -55,11 +61,15 @@ class Batcher:
     def queued(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def submit(self, key: tuple, job: Any) -> Any:
-        """The job's result once its batch has run; raises QueueFull at once when the queue is full."""
+    async def submit(self, key: tuple, job: Any, token: CancelToken | None = None) -> Any:
+        """The job's result once its batch has run; raises QueueFull at once when the queue is full.
+
+        Work stops between batches once `token` says so (deadline passed, client left); a job whose token
+        has tripped before its batch starts is not run.
+        """
         self._start()
         future = self._loop.create_future()
-        self._queue.put_nowait(_Pending(key, job, future))
+        self._queue.put_nowait(_Pending(key, job, future, token))
         return await future
 
     def close(self) -> None:
@@ -96,10 +106,11 @@ class Batcher:
             self._spawn(self._dispatch(items))
 
     async def _dispatch(self, items: list[_Pending]) -> None:
-        live = [p for p in items if not p.future.done()]  # a client that left no longer waits
+        live = [p for p in items if p.live]  # a client that left, or a deadline passed: not run
         self.running += len(live)
         try:
-            outcomes = await self._loop.run_in_executor(self.pool, self._run_batch, [(p.key, p.job) for p in live])
+            outcomes = await self._loop.run_in_executor(self.pool, self._run_batch,
+                                                        [(p.key, p.job, p.token) for p in live])
         except Exception as exc:  # the pool itself failed: every job gets the error
             outcomes = [(None, exc)] * len(live)
         finally:
@@ -114,24 +125,31 @@ class Batcher:
                 else:
                     pending.future.set_exception(error)
 
-    def _run_batch(self, jobs: list[tuple[tuple, Any]]) -> list[tuple[Any, BaseException | None]]:
+    def _run_batch(self, jobs: list[tuple[tuple, Any, Any]]) -> list[tuple[Any, BaseException | None]]:
         """Run each group of equal keys as one call (in a worker thread); (result, error) per job."""
         groups: dict[tuple, list[int]] = {}
-        for i, (key, _) in enumerate(jobs):
+        for i, (key, _, _) in enumerate(jobs):
             groups.setdefault(key, []).append(i)
         outcomes: list = [None] * len(jobs)
         for key, index in groups.items():
-            for i, outcome in zip(index, self._run_group(key, [jobs[i][1] for i in index])):
+            group = [jobs[i][1] for i in index]
+            tokens = [jobs[i][2] for i in index]
+            for i, outcome in zip(index, self._run_group(key, group, tokens)):
                 outcomes[i] = outcome
         return outcomes
 
-    def _run_group(self, key: tuple, jobs: list) -> list[tuple[Any, BaseException | None]]:
+    def _run_group(self, key: tuple, jobs: list, tokens: list) -> list[tuple[Any, BaseException | None]]:
+        """The group's results; its work stops between batches once every job's token has tripped."""
+        watch = AllCancelled(tokens) if all(t is not None for t in tokens) else None
         try:
-            return [(value, None) for value in self.run(key, jobs)]
+            with watching(watch):
+                return [(value, None) for value in self.run(key, jobs)]
+        except Cancelled as exc:
+            return [(None, exc)] * len(jobs)
         except UserError as exc:
             if len(jobs) == 1:
                 return [(None, exc)]
-            return [self._run_group(key, [job])[0] for job in jobs]
+            return [self._run_group(key, [job], [token])[0] for job, token in zip(jobs, tokens)]
         except Exception as exc:  # a bug: the handler re-raises it and the server logs its traceback
             return [(None, exc)] * len(jobs)
 
@@ -145,23 +163,32 @@ class Service:
         self._torch = threading.Lock()  # torch methods set taps and relu rules on the one shared module
 
     def check(self, job: PredictJob | ExplainJob) -> None:
-        """Refuse an unknown output, method, parameter, layer or colormap before the job is queued."""
+        """Refuse an image over the pixel limit (from its header), an unknown output, method, parameter, layer or
+        colormap, and work over the forward limit, before the job is queued."""
         from .. import methods
         from ..render import COLORMAPS
 
+        from ..images import check_encoded
+
         explainer = self.explainer
+        check_encoded(job.image, explainer.limits)
         if isinstance(job, PredictJob):
             explainer.output_name(job.output)
             return
         cls = methods.get(job.method)
-        cls.make_params(**job.params)
         output = explainer.output_name(job.output)
         if cls.uses_layer:
             layer = explainer.model.resolve_layer(job.layer, output)
             if cls.engine == "ort":
                 explainer.model.spatial_info(layer)
+        self.check_cost(job)
         if job.colormap not in COLORMAPS:
             raise HTTPError(400, f"Unknown colormap '{job.colormap}'; use one of {', '.join(COLORMAPS)}.")
+
+    def check_cost(self, job: ExplainJob) -> int:
+        """The job's forward passes per image from its method's cost; LimitError (413) over --max-forwards.
+        Bad parameters are refused here too (400)."""
+        return self.explainer.check_cost(job.method, job.params, job.layer, job.output)
 
     def run(self, key: tuple, jobs: list) -> list[dict]:
         return self.predict(jobs) if key[0] == "predict" else self.explain(jobs)

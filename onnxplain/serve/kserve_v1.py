@@ -11,7 +11,8 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
-from .requests import EXPLAIN, PREDICT, HTTPError, RequestModel, _base64, read_body
+from .guard import read_body_within, run_job
+from .requests import EXPLAIN, PREDICT, HTTPError, RequestModel, _base64
 from .routes import Endpoint, Protocol, json_response
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def check_name(ctx: "Context", request: "Request") -> str:
 async def read_json(request: "Request", ctx: "Context") -> dict:
     """The JSON object of the body; 422 when it is not one."""
     try:
-        data = json.loads(await read_body(request, ctx.config.max_body))
+        data = json.loads(await read_body_within(request, ctx.config))
     except ValueError:
         raise HTTPError(422, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
@@ -54,12 +55,12 @@ def instance_bytes(instance: Any) -> bytes:
     raise HTTPError(422, 'Each instance must be an image in base64, as {"b64": "..."}.')
 
 
-async def run_jobs(ctx: "Context", model: RequestModel, fields: dict, images: list[bytes]) -> list:
-    """One job per image with the same fields, checked and submitted to the batcher together."""
+async def run_jobs(ctx: "Context", request: "Request", model: RequestModel, fields: dict,
+                   images: list[bytes]) -> list:
+    """One job per image with the same fields, each checked (names, pixels, forwards) and run under the
+    server's deadline and cancellation (guard.run_job), together."""
     jobs = [model.parse(fields, image, ctx.config) for image in images]
-    if jobs:
-        ctx.service.check(jobs[0])
-    return list(await asyncio.gather(*(ctx.batcher.submit(job.key(), job) for job in jobs)))
+    return list(await asyncio.gather(*(run_job(ctx, request, job) for job in jobs)))
 
 
 async def _instances(ctx: "Context", request: "Request") -> tuple[dict, list[bytes]]:
@@ -84,13 +85,13 @@ async def model(ctx: "Context", request: "Request") -> "Response":
 
 async def predict(ctx: "Context", request: "Request") -> "Response":
     fields, images = await _instances(ctx, request)
-    results = await run_jobs(ctx, PREDICT, fields, images)
+    results = await run_jobs(ctx, request, PREDICT, fields, images)
     return json_response({"predictions": [r["top"] for r in results]})
 
 
 async def explain(ctx: "Context", request: "Request") -> "Response":
     fields, images = await _instances(ctx, request)
-    return json_response({"explanations": await run_jobs(ctx, EXPLAIN, fields, images)})
+    return json_response({"explanations": await run_jobs(ctx, request, EXPLAIN, fields, images)})
 
 
 INSTANCES = {"type": "array", "items": {"type": "object", "required": ["b64"],

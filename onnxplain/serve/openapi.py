@@ -11,10 +11,13 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
 REFUSALS = {400: "The image does not decode, or an unknown method, parameter, layer or class.",
             401: "A bearer token is needed (the server runs with --token).",
             404: "No model of that name is served here.",
-            413: "The body is larger than --max-body.",
+            408: "The body did not arrive within --body-timeout.",
+            413: "The body is larger than --max-body, the image over --max-pixels, or the work over --max-forwards.",
             415: "The body is not multipart, JSON or an image.",
             422: "Malformed JSON, multipart or field.",
-            503: "The request queue is full, or the model is still warming up; retry shortly."}
+            503: "The server is busy (queue full or too many requests at once) or still warming up; retry after "
+                 "Retry-After seconds.",
+            504: "The answer was not ready within --timeout; the work was cancelled."}
 
 
 def document(protocols: Iterable[Protocol], root_path: str = "", config: ServeConfig | None = None,

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 class HTTPError(Exception):
     """A request the server refuses before any model work: an HTTP status and one sentence."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 # ---- jobs: what one request asks of the model ------------------------------------------------
@@ -102,7 +103,7 @@ def _params(name: str, value: Any, low: Any = None, high: Any = None) -> dict:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = None
     if not isinstance(value, dict):
         raise HTTPError(422, "Field 'params' must be a JSON object of method parameters, e.g. {\"relu\": true}.")
@@ -269,7 +270,7 @@ def _json_fields(body: bytes) -> dict:
     """The fields of a JSON body; 422 when it is not a JSON object."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser takes
         raise HTTPError(422, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise HTTPError(422, "The JSON body must be an object with the image in base64 under 'image'.")

@@ -60,11 +60,11 @@ class Protocol:
 
 
 def json_response(data: object, status: int = 200, headers: dict | None = None) -> "Response":
-    """`data` as a JSON answer (values JSON cannot hold written as text)."""
-    import json
-
+    """`data` as strictly valid JSON (NaN and infinity as null, other values JSON cannot hold as text)."""
     from starlette.responses import Response
-    return Response(json.dumps(data, default=str), status, headers, media_type="application/json")
+
+    from ..writing import dumps
+    return Response(dumps(data), status, headers, media_type="application/json")
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> "Response":

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .kserve_v1 import check_name, run_jobs
-from .requests import EXPLAIN, PREDICT, HTTPError, read_body
+from .guard import read_body_within
+from .requests import EXPLAIN, PREDICT, HTTPError
 from .routes import Endpoint, Protocol, error_response, json_response
 
 if TYPE_CHECKING:
@@ -173,15 +174,15 @@ async def model_ready(ctx: "Context", request: "Request") -> "Response":
 
 async def infer(ctx: "Context", request: "Request") -> "Response":
     name = check_name(ctx, request)
-    body = await read_body(request, ctx.config.max_body)
+    body = await read_body_within(request, ctx.config)
     infer_request, tail = split_body(body, request.headers.get(HEADER))
     images = input_images(infer_request, tail)
     fields = explain_fields(infer_request.get("parameters"))
     top = {"top": ctx.config.max_top}
     if "method" in fields:
-        results = await run_jobs(ctx, EXPLAIN, {**fields, **top, "raw": True}, images)
+        results = await run_jobs(ctx, request, EXPLAIN, {**fields, **top, "raw": True}, images)
     else:
-        results = await run_jobs(ctx, PREDICT, {**{k: v for k, v in fields.items() if k == "output"}, **top},
+        results = await run_jobs(ctx, request, PREDICT, {**{k: v for k, v in fields.items() if k == "output"}, **top},
                                  images)
     tensors = outputs(ctx, fields, results)
     wanted = [o.get("name") for o in infer_request.get("outputs") or [] if isinstance(o, dict)]

@@ -7,7 +7,6 @@ x = centre + half * u, with centre and half from the preset's value range.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import graph, render
+from ..writing import write_json
 from ..errors import TargetError, UserError
 from ..images import ImageSource, PixelMap, Prepared, Preprocess, denormalise, normalise, to_channels, value_range
 from ..methods import layout as layouts, torch_common
@@ -58,7 +58,7 @@ class Synthesis:
         """Write `<prefix>.png` (the image) and `<prefix>.json` (params, details, history); returns the paths."""
         prefix = str(prefix)
         files = {"image": str(render.write_png(prefix + ".png", self.image)), "json": prefix + ".json"}
-        Path(files["json"]).write_text(json.dumps({**self.as_dict(), "files": files}, indent=2))
+        write_json(files["json"], {**self.as_dict(), "files": files})
         return files
 
 
@@ -85,7 +85,7 @@ class Adversarial(Synthesis):
         files = {"image": str(render.write_png(prefix + ".png", self.image)),
                  "original": str(render.write_png(prefix + ".original.png", self.original)),
                  "json": prefix + ".json"}
-        Path(files["json"]).write_text(json.dumps({**self.as_dict(), "files": files}, indent=2))
+        write_json(files["json"], {**self.as_dict(), "files": files})
         return files
 
 

@@ -1,0 +1,153 @@
+"""The server under load it must survive: clients that never send their body, more requests than it holds,
+decompression bombs and huge cost parameters; meanwhile /health answers within a second.
+
+Each server is uvicorn on a free 127.0.0.1 port (test_serve.LiveServer) with uvicorn's settings from
+`onnxplain serve`; every loop here is bounded by a deadline.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+import onnxplain
+from hostile_inputs import IMAGE, bomb, png, tiny
+from onnxplain.cli.serve import uvicorn_settings
+from onnxplain.serve import create_app
+from test_serve import LiveServer
+
+
+class Live(LiveServer):
+    """LiveServer with the uvicorn settings `onnxplain serve` uses."""
+
+    def __init__(self, app):
+        super().__init__(app, lifetime=90)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_settings(app.state.config))
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+
+def explainer(**limits):
+    return onnxplain.Explainer(tiny(), quiet=True, **limits)
+
+
+def half_sent(url: str, path: str = "/predict", length: int = 10_000, kind: str = "image/png") -> socket.socket:
+    """A client that sends the request head and never the body."""
+    host, port = url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)), timeout=10)
+    client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n"
+                   .encode())
+    return client
+
+
+def answer(client: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body of the one answer on a raw connection."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def _length(data: bytes) -> int:
+    head = data.split(b"\r\n\r\n", 1)[0].decode().lower()
+    return next((int(line.split(":")[1]) for line in head.splitlines() if line.startswith("content-length")), 0)
+
+
+def health_within(client: httpx.Client, seconds: float = 1.0) -> dict:
+    start = time.monotonic()
+    response = client.get("/health", timeout=seconds)
+    assert response.status_code == 200 and time.monotonic() - start < seconds
+    return response.json()
+
+
+def test_slow_clients_get_408_and_never_starve_health():
+    """Clients that send headers only are answered 408 after --body-timeout; past the app's own in-flight limit
+    the next request is the app's JSON 503 with Retry-After (not uvicorn's plain text); /health answers throughout."""
+    app = create_app(explainer(), queue_size=1, workers=1, max_batch=1, body_timeout=1.5)
+    assert app.state.config.max_inflight == 2
+    with Live(app) as live, httpx.Client(base_url=live.url) as client:
+        slow = [half_sent(live.url) for _ in range(2)]
+        time.sleep(0.3)
+        busy = client.post("/predict", content=png(IMAGE), headers={"content-type": "image/png"})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json() == {"error": "The server is busy (2 requests in progress); retry shortly."}
+        for _ in range(3):
+            health_within(client)
+        for connection in slow:
+            assert answer(connection) == (408, {"error": "The request body did not arrive within 1.5 s; send the "
+                                                         "whole body at once."})
+            connection.close()
+        ok = client.post("/predict", content=png(IMAGE), headers={"content-type": "image/png"})
+        assert ok.status_code == 200 and len(ok.json()["top"]) == 3
+
+
+def test_bomb_and_huge_n_are_refused_at_once_while_work_is_cancelled_at_its_deadline():
+    """A decompression bomb (413) and rise n=1e12 (413) are refused before queueing; a long job is stopped at
+    --timeout (504) and its worker is free again right after; /health answers within a second all along."""
+    app = create_app(explainer(max_pixels=1_000_000, max_forwards=10**6), workers=1, timeout=2.0)
+    with Live(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        start = time.monotonic()
+        refused = client.post("/predict", content=bomb(), headers={"content-type": "image/png"})
+        assert refused.status_code == 413 and "2000x2000" in refused.json()["error"]
+        huge = client.post("/explain", json={"image": _b64(png(IMAGE)), "method": "rise", "params": {"n": 10**12}})
+        assert huge.status_code == 413 and "1,000,000,000,000 forward passes" in huge.json()["error"]
+        assert time.monotonic() - start < 5
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as pool:
+            long = pool.submit(client.post, "/explain", json={"image": _b64(png(IMAGE)), "method": "rise",
+                                                               "params": {"n": 300_000}})
+            deadline = time.monotonic() + 10
+            while health_within(client)["running"] == 0:
+                assert time.monotonic() < deadline, "the long job never started"
+                time.sleep(0.05)
+            for _ in range(5):
+                health_within(client)
+                time.sleep(0.1)
+            response = long.result(30)
+        assert response.status_code == 504
+        assert response.json() == {"error": "The request ran past the server's limit of 2 s and was cancelled; ask "
+                                            "for less work (fewer forwards, a smaller image) or raise --timeout."}
+        deadline = time.monotonic() + 5
+        while health_within(client)["running"]:
+            assert time.monotonic() < deadline, "the cancelled job kept its worker"
+            time.sleep(0.05)
+        assert client.post("/predict", content=png(IMAGE), headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_a_client_that_leaves_cancels_its_work():
+    app = create_app(explainer(max_forwards=10**6), workers=1, timeout=60.0)
+    with Live(app) as live, httpx.Client(base_url=live.url, timeout=10) as client:
+        body = json.dumps({"image": _b64(png(IMAGE)), "method": "rise", "params": {"n": 300_000}}).encode()
+        connection = half_sent(live.url, "/explain", len(body), "application/json")
+        connection.sendall(body)
+        deadline = time.monotonic() + 10
+        while health_within(client)["running"] == 0:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        connection.close()
+        deadline = time.monotonic() + 5
+        while health_within(client)["running"]:
+            assert time.monotonic() < deadline, "the work went on after its client left"
+            time.sleep(0.05)
+
+
+def _b64(data: bytes) -> str:
+    import base64
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(autouse=True)
+def _bounded():
+    start = time.monotonic()
+    yield
+    assert time.monotonic() - start < 90
