@@ -379,14 +379,14 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
         other = Explainer(compare, preprocess=explainer.preprocess, labels=explainer.labels, device=device,
                           quiet=quiet, input_size=explainer.model.probe_size, **(limits or {}))
         _same_classes(explainer, other)
-    root = Path(images) if Path(images).is_dir() else Path(images).parent
-    audit = Audit(explainer, other, options, box_map, root, Path(out), thresholds,
-                  [str(model)] + ([str(compare)] if compare is not None else []))
-    if other is not None and torch_methods and _converter_missing(other):
-        audit.drift_skipped = {m: "the second model has ops the torch converter does not take (quantised models "
-                                  "often do), so gradient methods cannot run on it" for m in torch_methods}
-    audit.cost = _plan(audit, paths, quiet)
-    with transaction(rollback_on=(UserError,)):  # a refusal mid-way leaves nothing behind
+    with transaction(rollback_on=(UserError,)):  # a refusal mid-way (the plan's included) leaves nothing behind
+        root = Path(images) if Path(images).is_dir() else Path(images).parent
+        audit = Audit(explainer, other, options, box_map, root, Path(out), thresholds,
+                      [str(model)] + ([str(compare)] if compare is not None else []))
+        if other is not None and torch_methods and _converter_missing(other):
+            audit.drift_skipped = {m: "the second model has ops the torch converter does not take (quantised models "
+                                      "often do), so gradient methods cannot run on it" for m in torch_methods}
+        audit.cost = _plan(audit, paths, quiet)
         try:
             for path in progress(paths, desc="audit", quiet=quiet, unit="image"):
                 audit.add_image(path)  # appended to the log; audit.json and the HTML are built once, at the end

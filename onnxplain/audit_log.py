@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from .writing import dumps, make_dirs, write_bytes, write_text
+
 if TYPE_CHECKING:
     from .audit import AuditOptions
     from .explainer import Explainer
@@ -20,17 +22,16 @@ class AuditLog:
         self.out = Path(out)
         self.path = self.out / "audit.log.jsonl"
         self.thumbs = self.out / "thumbs"
-        self.thumbs.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("", encoding="utf-8")
+        make_dirs(self.thumbs)  # recorded by the open transaction: a refused audit leaves nothing
+        write_text(self.path, "")
         for old in self.thumbs.glob("*.png"):
             old.unlink()
         self.count = 0
         self.errors = 0
 
     def append(self, record: dict) -> None:
-        from .audit import _finite
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(_finite(record)) + "\n")
+            handle.write(dumps(record, what="the audit log") + "\n")
         self.count += 1
         self.errors += "error" in record
 
@@ -42,7 +43,7 @@ class AuditLog:
                     yield json.loads(line)
 
     def put_thumb(self, key: str, png: bytes) -> None:
-        (self.thumbs / _file(key)).write_bytes(png)
+        write_bytes(self.thumbs / _file(key), png)
 
     def thumb_map(self) -> "ThumbFiles":
         return ThumbFiles(self.thumbs)
@@ -123,9 +124,10 @@ def audit_cost(explainer: "Explainer", options: "AuditOptions", images: int, com
 
 def _sanity_models(explainer: "Explainer", options: "AuditOptions") -> int:
     """How many randomised models the sanity check builds (cascade depths plus single layers)."""
-    from .metrics import _spread, weight_layers
+    from .metrics import weight_layers
+    from .metrics.sanity import spread_depths
     count = len(weight_layers(explainer.model))
-    return len(_spread(count, options.sanity_steps)) * 2 if count else 0
+    return len(spread_depths(count, options.sanity_steps)) * 2 if count else 0
 
 
 def format_cost(cost: dict) -> str:

@@ -155,6 +155,7 @@ class Explainer:
         self._torch_device, self._torch_problem = plan.torch_device, plan.torch_problem
         self.quiet = quiet
         self._module = None
+        self._auto_layers: dict[str, tuple[str, str]] = {}
         self._splits: dict[str, tuple[Split, BatchedRuntime]] = {}
         footprint = per_image_bytes((t.dtype, t.shape) for t in self.model.tensors.values())
         self.runtime = self._runtime(self.model.proto, batch_size, footprint)
@@ -342,8 +343,10 @@ class Explainer:
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
         work = batch if len(index) == len(batch) else batch.select(index)
         why = None
-        if auto:
-            layer_name, why = autolayer.choose(self, work, output, flat_targets, probe=True)
+        if auto:  # chosen (and probed) once per output: the graph decides, later calls reuse it
+            if output not in self._auto_layers:
+                self._auto_layers[output] = autolayer.choose(self, work, output, flat_targets, probe=True)
+            layer_name, why = self._auto_layers[output]
         self.limits.check_forwards(cls.name, cls.cost(method_params, batch.hw, self._layer_shape(layer_name)))
         if cls.multi_target:  # one set of forwards per image serves all its targets
             raw = self._run_method(cls(method_params), batch, per_image, layer_name, many=True)

@@ -80,7 +80,7 @@ class SanityResult:
                 "steps": [s.as_dict() for s in self.steps]}
 
 
-def _spread(count: int, wanted: int | None) -> list[int]:
+def spread_depths(count: int, wanted: int | None) -> list[int]:
     """`wanted` indices in 1..count spread evenly and always including count (all when None)."""
     if wanted is None or wanted >= count:
         return list(range(1, count + 1))
@@ -114,8 +114,8 @@ def sanity_check(explainer: "Explainer", images, method: str, layer: str | None 
         raise UserError("The sanity check explains one target per image; use 'predicted' or a class index.")
     targets = [a.target.get("index", target) for a in original]
     top_down = list(reversed(layers))
-    plan = [("cascade", top_down[:k]) for k in _spread(len(layers), depths)]
-    plan += [("independent", [top_down[k - 1]]) for k in _spread(len(layers), independent)]
+    plan = [("cascade", top_down[:k]) for k in spread_depths(len(layers), depths)]
+    plan += [("independent", [top_down[k - 1]]) for k in spread_depths(len(layers), independent)]
     steps = []
     for mode, chosen in progress(plan, desc=progress_desc or f"sanity {method}", quiet=explainer.quiet):
         names = [w for entry in chosen for w in entry.weights]

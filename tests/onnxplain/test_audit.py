@@ -276,10 +276,11 @@ def test_audit_streams_to_a_log_and_plans_its_cost_first(region_model, folder, t
     thumbs = sorted(p.name for p in (out / "thumbs").glob("*.png"))
     assert {"0__image.png", "0__eigen-cam.png", "2__eigen-cam.png", "sanity__eigen-cam__original.png"} <= set(thumbs)
     cost = report["cost"]
-    assert cost["forwards"]["explain"] == {"eigen-cam": 3}
+    # measured on the first image: one forward plus the auto layer's one-off probe, times 3 images
+    assert cost["forwards"]["explain"] == {"eigen-cam": 6}
     assert cost["forwards"]["deletion_insertion"] == {"eigen-cam": 3 * 18}
-    assert cost["sanity_models"] == 4 and cost["forwards"]["sanity"] == {"eigen-cam": 4}
-    assert cost["total_forwards"] == 3 + 54 + 4
-    assert "audit plan: 3 images, 61 forward passes" in capsys.readouterr().err
+    assert cost["sanity_models"] == 4 and cost["forwards"]["sanity"] == {"eigen-cam": 8}  # each twin probes once
+    assert cost["total_forwards"] == 6 + 54 + 8
+    assert "audit plan: 3 images, 68 forward passes" in capsys.readouterr().err
     html = (out / "audit.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 * 2 + 1
