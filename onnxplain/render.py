@@ -130,8 +130,8 @@ def grid(tiles: Sequence[np.ndarray], columns: int | None = None, pad: int = 2,
         y, x = pad + r * cell_h, pad + c * cell_w
         canvas[y:y + size, x:x + size] = tile[:, :, :3]
         if labels:
-            cv2.putText(canvas, str(labels[i])[: max(4, size // 7)], (x, y + size + 11),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+            text, scale = fitted_label(str(labels[i]), size)
+            cv2.putText(canvas, text, (x, y + size + 11), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return canvas
 
 
@@ -187,14 +187,28 @@ def panel_picture(values: np.ndarray, image: np.ndarray, valid: np.ndarray | Non
     labelled with the panel's minimum and maximum."""
     values = np.nan_to_num(values.astype(np.float32))
     panel = _on_seen_box(colorize(normalise(values), colormap), image, valid)
-    width = panel.shape[1]
+    return np.concatenate([panel, colour_bar(panel.shape[1], float(values.min()), float(values.max()), colormap)])
+
+
+def colour_bar(width: int, low: float, high: float, colormap: str = "viridis") -> np.ndarray:
+    """A 28-pixel white strip: the colormap from `low` (left) to `high` (right), both values printed."""
     bar = np.full((28, width, 3), 255, np.uint8)
-    bar[2:12, 4:width - 4] = colorize(np.linspace(0, 1, max(1, width - 8))[None].repeat(10, 0), colormap)
-    for text, x in ((f"{values.min():.3g}", 4), (f"{values.max():.3g}", None)):
+    bar[2:12, 4:max(5, width - 4)] = colorize(np.linspace(0, 1, max(1, width - 8))[None].repeat(10, 0), colormap)
+    for text, x in ((f"{low:.3g}", 4), (f"{high:.3g}", None)):
         size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
         cv2.putText(bar, text, (x if x is not None else width - 4 - size, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([panel, bar])
+    return bar
+
+
+def fitted_label(text: str, width: int) -> tuple[str, float]:
+    """(text, font scale) that fits `width` pixels: the font shrinks down to 0.3, then the text is cut."""
+    scale = 0.4
+    while scale > 0.3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+        scale = round(scale - 0.05, 2)
+    while len(text) > 1 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+        text = text[:-1]
+    return text, scale
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:

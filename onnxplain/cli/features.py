@@ -24,14 +24,15 @@ features = Group("features", help="What layers and filters see: activations, dea
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
 @click.option("--tile", default=64, show_default=True, help="Tile size in pixels.")
 @click.option("--colormap", default="viridis", show_default=True)
+@click.option("--shared-scale", is_flag=True, help="One colour scale for every tile (with a colour bar).")
 @click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
 @model_options(batch_size=32)
-def activations(model, image, layer, tile, colormap, out_path, models):
+def activations(model, image, layer, tile, colormap, shared_scale, out_path, models):
     """Every channel of LAYER for IMAGE: a labelled grid PNG and per-channel stats (JSON)."""
     from ..features.activations import activations as run
     explainer = models.explainer(model)
     result = run(explainer, image, layer)
-    files = result.save(out_dir(out_path) / f"{Path(image).stem}.activations", tile, colormap)
+    files = result.save(out_dir(out_path) / f"{Path(image).stem}.activations", tile, colormap, shared_scale)
     click.echo(f"{len(result.stats)} channels of {result.layer} ({result.layout}) -> {files['grid']}, "
                f"{files['stats']}")
 

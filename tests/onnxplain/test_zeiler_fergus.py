@@ -155,3 +155,25 @@ def test_panel_sits_on_the_seen_box_and_leaves_the_rest_grey():
     assert (picture[:20, :10] == 100).all() and (picture[:20, 30:] == 100).all()
     low, high = render.colorize(np.array([[0.0, 1.0]]), "viridis")[0]
     assert (picture[:10, 10:20] == low).all() and (picture[10:20, 20:30] == high).all()
+
+
+def test_activation_grid_shared_scale_and_labels_that_fit(two_conv):
+    """shared=True puts every tile on the layer's one range (the weakest channel's tile stays darker than the
+    strongest's peak) and adds a 28 px colour bar; each label is drawn inside its own tile's width."""
+    from onnxplain.features.activations import activations
+
+    explainer, layer = two_conv
+    result = activations(explainer, images(1)[0], layer)
+    own, shared = result.grid(32), result.grid(32, shared=True)
+    assert shared.shape == (own.shape[0] + 28, own.shape[1], 3)
+    for text in (f"{s['channel']}:{s['max']:.3g}" for s in result.stats):
+        label, scale = render.fitted_label(text + "-a-long-suffix", 32)
+        assert cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= 32 and scale >= 0.3
+    low, high = float(result.maps.min()), float(result.maps.max())
+    columns = int(np.ceil(np.sqrt(len(result.maps))))
+    for c, m in enumerate(result.maps):
+        r, k = divmod(c, columns)
+        y, x = 2 + r * (32 + 14 + 2), 2 + k * (32 + 2)
+        expected = cv2.resize(render.colorize((m - low) / (high - low), "viridis"), (32, 32),
+                              interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(shared[y:y + 32, x:x + 32], expected)
