@@ -130,9 +130,85 @@ def grid(tiles: Sequence[np.ndarray], columns: int | None = None, pad: int = 2,
         y, x = pad + r * cell_h, pad + c * cell_w
         canvas[y:y + size, x:x + size] = tile[:, :, :3]
         if labels:
-            cv2.putText(canvas, str(labels[i])[: max(4, size // 7)], (x, y + size + 11),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+            text, scale = fitted_label(str(labels[i]), size)
+            cv2.putText(canvas, text, (x, y + size + 11), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return canvas
+
+
+# categorical colours for class maps (Tableau 10, then lighter variants), RGB
+PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+                    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+                    [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
+                    [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229]], np.uint8)
+LEGEND_ROW = 16  # pixels per legend line
+
+
+def _on_seen_box(panel: np.ndarray, image: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """An RGB panel (a grid over what the model saw) stretched onto the image's size: into the bounding box
+    of `valid`, the photo in dim grey around it."""
+    h, w = image.shape[:2]
+    if valid is None or valid.all() or not valid.any():
+        return cv2.resize(panel, (w, h), interpolation=cv2.INTER_NEAREST)
+    rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    canvas = np.zeros((h, w, 3), np.uint8)
+    canvas[top:bottom, left:right] = cv2.resize(panel, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST)
+    return unseen_grey(image, canvas, valid)
+
+
+def _legend(width: int, entries: Sequence[tuple[np.ndarray, str]]) -> np.ndarray:
+    """A white strip with one line per entry: a colour swatch and its text."""
+    strip = np.full((LEGEND_ROW * len(entries) + 4, width, 3), 255, np.uint8)
+    for i, (colour, text) in enumerate(entries):
+        y = 2 + i * LEGEND_ROW
+        strip[y + 2:y + LEGEND_ROW - 2, 4:4 + LEGEND_ROW - 4] = colour
+        cv2.putText(strip, text[: max(8, (width - LEGEND_ROW - 8) // 7)], (LEGEND_ROW + 4, y + LEGEND_ROW - 4),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def class_map_picture(classes: np.ndarray, legend: dict, image: np.ndarray, valid: np.ndarray | None = None,
+                      alpha: float = 0.6) -> np.ndarray:
+    """Occlusion's class map (most probable class per window position) at the image's size, blended over the
+    photo, with a legend below: one colour per class (in `legend` order), labelled 'index name'."""
+    order = list(legend)
+    index = np.searchsorted(np.array(sorted(order)), classes)
+    colours = PALETTE[[order.index(c) % len(PALETTE) for c in sorted(order)]]
+    panel = _on_seen_box(colours[index], image, valid)
+    blended = ((1 - alpha) * image[:, :, :3] + alpha * panel).astype(np.uint8)
+    picture = unseen_grey(image, blended, valid)
+    entries = [(PALETTE[i % len(PALETTE)], f"{c} {legend[c]}") for i, c in enumerate(order)]
+    return np.concatenate([picture, _legend(picture.shape[1], entries)])
+
+
+def panel_picture(values: np.ndarray, image: np.ndarray, valid: np.ndarray | None = None,
+                  colormap: str = "viridis") -> np.ndarray:
+    """A per-window-position panel (score drops, activations) at the image's size, with a colour bar below
+    labelled with the panel's minimum and maximum."""
+    values = np.nan_to_num(values.astype(np.float32))
+    panel = _on_seen_box(colorize(normalise(values), colormap), image, valid)
+    return np.concatenate([panel, colour_bar(panel.shape[1], float(values.min()), float(values.max()), colormap)])
+
+
+def colour_bar(width: int, low: float, high: float, colormap: str = "viridis") -> np.ndarray:
+    """A 28-pixel white strip: the colormap from `low` (left) to `high` (right), both values printed."""
+    bar = np.full((28, width, 3), 255, np.uint8)
+    bar[2:12, 4:max(5, width - 4)] = colorize(np.linspace(0, 1, max(1, width - 8))[None].repeat(10, 0), colormap)
+    for text, x in ((f"{low:.3g}", 4), (f"{high:.3g}", None)):
+        size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
+        cv2.putText(bar, text, (x if x is not None else width - 4 - size, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return bar
+
+
+def fitted_label(text: str, width: int) -> tuple[str, float]:
+    """(text, font scale) that fits `width` pixels: the font shrinks down to 0.3, then the text is cut."""
+    scale = 0.4
+    while scale > 0.3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+        scale = round(scale - 0.05, 2)
+    while len(text) > 1 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+        text = text[:-1]
+    return text, scale
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
@@ -166,9 +242,14 @@ def save_attribution(attribution, prefix: str | Path, alpha: float = 0.5, colorm
         save_npy(files["valid"], valid)
     if attribution.method in PIXEL_METHODS:
         files["gradient"] = str(write_png(prefix + ".gradient.png", gradient_picture(attribution.heatmap, valid)))
-    for key, value in attribution.extras.items():
-        if isinstance(value, np.ndarray) and value.ndim == 2:
-            files[key] = str(write_png(f"{prefix}.{key}.png", colorize(normalise(value))))
+    extras = attribution.extras
+    for key, value in extras.items():
+        if key == "class_map" and isinstance(extras.get("class_legend"), dict):
+            picture = class_map_picture(value, extras["class_legend"], attribution.image, valid)
+            files[key] = str(write_png(f"{prefix}.{key}.png", picture))
+        elif isinstance(value, np.ndarray) and value.ndim == 2:
+            picture = panel_picture(value, attribution.image, valid)
+            files[key] = str(write_png(f"{prefix}.{key}.png", picture))
         elif key == "gradient" and isinstance(value, np.ndarray) and value.ndim == 3:
             files["color"] = str(write_png(prefix + ".color.png", colour_gradient(value)))
     return files

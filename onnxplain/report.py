@@ -22,7 +22,8 @@ def write_html(report: dict, thumbs: dict[str, str], path: str | Path) -> Path:
 
 def render_html(report: dict, thumbs: dict[str, str]) -> str:
     """The whole report as one HTML string."""
-    return _template().render(report=report, thumbs=thumbs, has=columns(report), polylines=polylines)
+    return _template().render(report=report, thumbs=thumbs, has=columns(report), polylines=polylines,
+                              y_ticks=y_ticks, curve_colours=CURVES)
 
 
 def columns(report: dict) -> dict[str, bool]:
@@ -50,6 +51,13 @@ def polylines(curves: dict[str, list[float]], width: int, height: int, pad: int)
                                            f"{height - pad - (v - low) / ((high - low) or 1) * (height - 2 * pad):.1f}"
                                            for i, v in enumerate(c))))
     return lines
+
+
+def y_ticks(curves: dict[str, list[float]], height: int, pad: int) -> list[tuple[str, str]]:
+    """(label, SVG y) of the y axis's ticks at the low end, middle and high end of the range `polylines` uses."""
+    values = [v for c in curves.values() for v in c] or [0.0]
+    low, high = min(0.0, min(values)), max(1.0, max(values))
+    return [(f"{low + t * (high - low):.2g}", f"{height - pad - t * (height - 2 * pad):.1f}") for t in (0, 0.5, 1)]
 
 
 def slug(text: str) -> str:

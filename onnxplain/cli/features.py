@@ -25,14 +25,15 @@ features = Group("features", help="What layers and filters see: activations, dea
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
 @click.option("--tile", default=64, show_default=True, help="Tile size in pixels.")
 @click.option("--colormap", default="viridis", show_default=True)
+@click.option("--shared-scale", is_flag=True, help="One colour scale for every tile (with a colour bar).")
 @click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
 @model_options(batch_size=32)
-def activations(model, image, layer, tile, colormap, out_path, models):
+def activations(model, image, layer, tile, colormap, shared_scale, out_path, models):
     """Every channel of LAYER for IMAGE: a labelled grid PNG and per-channel stats (JSON)."""
     from ..features.activations import activations as run
     explainer = models.explainer(model)
     result = run(explainer, image, layer)
-    files = result.save(out_dir(out_path) / f"{Path(image).stem}.activations", tile, colormap)
+    files = result.save(out_dir(out_path) / f"{Path(image).stem}.activations", tile, colormap, shared_scale)
     click.echo(f"{len(result.stats)} channels of {result.layer} ({result.layout}) -> {files['grid']}, "
                f"{files['stats']}")
 
@@ -88,17 +89,19 @@ def filters(model, layer, max_filters, max_inputs, tile, out_path, models):
 @click.option("--k", "k", default=9, show_default=True)
 @click.option("--by", default="max", type=click.Choice(["max", "mean"]), show_default=True)
 @click.option("--keep-gates", is_flag=True, help="Let squeeze-excitation gates widen the field to the image.")
+@click.option("--project", "project", multiple=True, type=click.Choice(["deconvnet", "guided"]),
+              help="Also project each peak neuron to the pixels (Zeiler & Fergus); repeatable.")
 @click.option("--out", "out_path", default=OUT_DEFAULT, show_default=True, type=click.Path())
 @model_options(batch_size=32)
-def top_k(model, images, layer, channel, k, by, keep_gates, out_path, models):
+def top_k(model, images, layer, channel, k, by, keep_gates, project, out_path, models):
     """The K images of IMAGES that activate CHANNEL most, and the receptive-field patches at the peak."""
     from ..features.topk import top_k as run
     explainer = models.explainer(model)
-    result = run(explainer, list(images), layer, channel, k, by, skip_gates=not keep_gates)
+    result = run(explainer, list(images), layer, channel, k, by, skip_gates=not keep_gates, project=project)
     files = result.save(out_dir(out_path) / f"topk.{channel}")
     for hit in result.hits:
         click.echo(f"{hit.score:10.4g}  {hit.image_name}  box {list(hit.original_box)}")
-    click.echo(f"-> {files['images']}, {files['patches']}, {files['json']}")
+    click.echo(f"-> {', '.join(files.values())}")
 
 
 @features.command()

@@ -210,12 +210,15 @@ def fool(model, image, target, eps, alpha, margin, output, models, steps, seed, 
 @click.option("--layer", "-l", "layers", multiple=True, help="Tensor name (repeatable; default: one per resolution).")
 @click.option("--weight", "-w", "weights", multiple=True, type=number, help="Weight per --layer (default equal).")
 @click.option("--optimizer", default=None, type=click.Choice(["lbfgs", "adam"]), help="Default lbfgs.")
+@click.option("--size", default=None, help="Texture size HxW (e.g. 512x768; default: the model's input size).")
 @common_options
-def texture(model, image, layers, weights, optimizer, models, steps, seed, param, out_dir):
+def texture(model, image, layers, weights, optimizer, size, models, steps, seed, param, out_dir):
     """A new image with the texture of IMAGE: Gram matrices at LAYERS of MODEL matched from noise (Gatys)."""
+    from ..params import coerce
     from ..synthesis.style_transfer import StyleParams, texture as run
     explainer = models.explainer(model)
-    result = run(explainer, image, list(layers) or None, list(weights) or None,
+    hw = coerce("size", size, (0, 0), owner="texture") if size else None
+    result = run(explainer, image, list(layers) or None, list(weights) or None, size=hw,
                  **_params(StyleParams, param, explainer, steps=steps, seed=seed, optimizer=optimizer))
     _save(result, out_dir, f"texture.{Path(image).stem}")
 
@@ -224,12 +227,14 @@ def texture(model, image, layers, weights, optimizer, models, steps, seed, param
 @click.argument("model", type=click.Path())
 @click.argument("content", type=click.Path())
 @click.argument("style_image", metavar="STYLE", type=click.Path())
-@click.option("--content-layer", default=None, help="Content tensor (default: the second-deepest resolution).")
-@click.option("--style-layer", "style_layers", multiple=True, help="Style tensor (repeatable; default: one per "
-                                                                   "resolution).")
+@click.option("--content-layer", default=None, help="Content tensor (default: conv4_2's analogue, the second "
+                                                   "activation at the second-deepest resolution).")
+@click.option("--style-layer", "style_layers", multiple=True, help="Style tensor (repeatable; default: the first "
+                                                                   "activation per resolution, Gatys's conv_k_1).")
 @click.option("--style-layer-weight", "style_weights", multiple=True, type=number, help="Weight per --style-layer.")
 @click.option("--content-weight", default=1.0, show_default=True, type=number)
-@click.option("--style-weight", default=10.0, show_default=True, type=number)
+@click.option("--style-weight", default=1e3, show_default=True, type=number,
+              help="Relative style loss weight (content weight 1: Gatys's 1e-3 ratio).")
 @click.option("--optimizer", default=None, type=click.Choice(["lbfgs", "adam"]), help="Default lbfgs.")
 @common_options
 def style(model, content, style_image, content_layer, style_layers, style_weights, content_weight, style_weight,

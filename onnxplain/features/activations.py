@@ -26,20 +26,29 @@ class Activations:
     maps: np.ndarray         # (C, h, w) float32
     stats: list[dict] = field(default_factory=list)
 
-    def grid(self, tile_size: int = 64, colormap: str = "viridis", columns: int | None = None) -> np.ndarray:
-        """Every channel's map, each scaled to its own min-max, labelled `channel:max`."""
-        tiles = [render.colorize(render.normalise(m), colormap) for m in self.maps]
+    def grid(self, tile_size: int = 64, colormap: str = "viridis", columns: int | None = None,
+             shared: bool = False) -> np.ndarray:
+        """Every channel's map labelled `channel:max`, each scaled to its own min-max, or (`shared`) all on
+        the layer's one min-max with a colour bar of that range below, so tiles compare."""
+        low, high = float(self.maps.min()), float(self.maps.max())
+        scale = (lambda m: (m - low) / (high - low) if high > low else np.zeros_like(m)) if shared \
+            else render.normalise
+        tiles = [render.colorize(scale(m), colormap) for m in self.maps]
         labels = [f"{s['channel']}:{s['max']:.3g}" for s in self.stats]
-        return render.grid(tiles, columns=columns, labels=labels, tile_size=tile_size)
+        picture = render.grid(tiles, columns=columns, labels=labels, tile_size=tile_size)
+        if not shared:
+            return picture
+        return np.concatenate([picture, render.colour_bar(picture.shape[1], low, high, colormap)])
 
     def as_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "image": self.image_name, "layer": self.layer,
                 "layout": self.layout, "shape": list(self.shape), "channels": self.stats}
 
-    def save(self, prefix: str | Path, tile_size: int = 64, colormap: str = "viridis") -> dict[str, str]:
+    def save(self, prefix: str | Path, tile_size: int = 64, colormap: str = "viridis",
+             shared: bool = False) -> dict[str, str]:
         """Write `<prefix>.png` (the grid) and `<prefix>.json` (the statistics); returns the paths."""
         prefix = str(prefix)
-        png = render.write_png(prefix + ".png", self.grid(tile_size, colormap))
+        png = render.write_png(prefix + ".png", self.grid(tile_size, colormap, shared=shared))
         write_json(prefix + ".json", self.as_dict())
         return {"grid": str(png), "stats": prefix + ".json"}
 

@@ -6,7 +6,7 @@ the maximal position, in model-input pixels, mapped back onto the original image
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -17,6 +17,7 @@ from .. import render
 from ..writing import write_json
 from ..images import ImageSource, PixelMap
 from .common import SCHEMA_VERSION, FeatureError, as_maps, check_channel, chunks, image_name, list_images, thumbnail
+from .projection import RULES, project_neuron
 from .receptive import ReceptiveField, receptive_field
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Hit:
     original_box: tuple[int, int, int, int]   # the same region in the original image
     image: np.ndarray                         # the original RGB image
     patch: np.ndarray | None                  # the original cropped to original_box (None when empty)
+    projections: dict[str, np.ndarray] = dataclass_field(default_factory=dict)  # rule -> (C, h, w) over input_box
 
     def as_dict(self) -> dict:
         return {"rank": self.rank, "image": self.image_name, "score": self.score, "position": list(self.position),
@@ -51,6 +53,18 @@ class TopK:
     field: ReceptiveField
     images: int
     hits: list[Hit]
+    project: tuple[str, ...] = ()
+
+    def projections_grid(self, tile_size: int = 96) -> np.ndarray:
+        """One row per hit: its patch, then the neuron's projection under each rule (as colour gradients)."""
+        tiles, labels = [], []
+        for hit, label in zip(self.hits, self._labels()):
+            tiles.append(thumbnail(hit.patch, tile_size))
+            labels.append(label)
+            for rule in self.project:
+                tiles.append(thumbnail(render.colour_gradient(hit.projections[rule]), tile_size))
+                labels.append(rule)
+        return render.grid(tiles, columns=1 + len(self.project), labels=labels, tile_size=tile_size)
 
     def patches_grid(self, tile_size: int = 96) -> np.ndarray:
         """The patches, squared and labelled with score and file name."""
@@ -74,14 +88,17 @@ class TopK:
     def as_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "layer": self.layer, "channel": self.channel, "by": self.by,
                 "images": self.images, "receptive_field": self.field.as_dict(),
-                "hits": [h.as_dict() for h in self.hits]}
+                "project": list(self.project), "hits": [h.as_dict() for h in self.hits]}
 
     def save(self, prefix: str | Path) -> dict[str, str]:
-        """Write `<prefix>.images.png`, `<prefix>.patches.png` and `<prefix>.json`; returns the paths."""
+        """Write `<prefix>.images.png`, `<prefix>.patches.png`, with projections `<prefix>.projections.png`,
+        and `<prefix>.json`; returns the paths."""
         prefix = str(prefix)
         files = {"images": str(render.write_png(prefix + ".images.png", self.images_grid())),
                  "patches": str(render.write_png(prefix + ".patches.png", self.patches_grid())),
                  "json": prefix + ".json"}
+        if self.project:
+            files["projections"] = str(render.write_png(prefix + ".projections.png", self.projections_grid()))
         write_json(files["json"], self.as_dict())
         return files
 
@@ -100,14 +117,19 @@ def to_original_box(pixel_map: PixelMap, box: tuple[int, int, int, int]) -> tupl
 
 
 def top_k(explainer: "Explainer", images: str | Sequence[ImageSource], layer: str | None, channel: int,
-          k: int = 9, by: str = "max", skip_gates: bool = True) -> TopK:
+          k: int = 9, by: str = "max", skip_gates: bool = True, project: Sequence[str] = ()) -> TopK:
     """The k images (best first) whose `channel` of `layer` is highest, by its max or mean over positions.
 
     Patches are cut at the maximal position's receptive field; with skip_gates,
-    squeeze-excitation gates do not turn that field into the whole image.
+    squeeze-excitation gates do not turn that field into the whole image. Each rule in `project`
+    (deconvnet, guided) also projects the maximal neuron to the input, cropped to that field.
     """
     if by not in ("max", "mean"):
         raise FeatureError(f"Unknown ranking '{by}'; use max or mean.")
+    project = tuple(dict.fromkeys(project))
+    for rule in project:
+        if rule not in RULES:
+            raise FeatureError(f"Unknown projection '{rule}'; use deconvnet or guided.")
     if k < 1:
         raise FeatureError(f"k must be at least 1 (got {k}).")
     model = explainer.model
@@ -132,6 +154,9 @@ def top_k(explainer: "Explainer", images: str | Sequence[ImageSource], layer: st
         t, l, b, r = original_box
         original = prepared.originals[0]
         patch = original[t:b, l:r].copy() if b > t and r > l else None
+        top, left, bottom, right = input_box
+        projections = {rule: project_neuron(explainer, prepared.x, prepared.spec.layout, name, channel, (row, col),
+                                            rule)[:, top:bottom, left:right] for rule in project}
         hits.append(Hit(rank, image_name(sources[index], index), score, (row, col), input_box, original_box,
-                        original, patch))
-    return TopK(name, channel, by, field, len(sources), hits)
+                        original, patch, projections))
+    return TopK(name, channel, by, field, len(sources), hits, project)

@@ -36,6 +36,9 @@ class OcclusionParams:
     score: the target's softmax probability (as Zeiler & Fergus plot it) or its logit (class targets;
       callable targets are used as given).
     activation_layer: a tensor name (or auto): also map its total activation per window position.
+    activation_channel: a channel of activation_layer (-1: none): also map that one neuron's activation per
+      window position (Zeiler & Fergus's Fig. 7 neuron panel), at `activation_position`.
+    activation_position: (row, col) of that neuron in the layer; -1 = its strongest position unoccluded.
     class_map: also map the most probable class per window position, with a legend of those classes.
     incremental: auto | true | false: recompute only what each window changes in the early layers
       (exact; auto when the graph's cost model predicts a gain, extras["incremental"] says which ran).
@@ -49,6 +52,8 @@ class OcclusionParams:
     blur_sigma: float = 0.0  # 0 = half the window's longer side
     score: str = "probability"
     activation_layer: str = ""
+    activation_channel: int = -1
+    activation_position: tuple[int, int] = (-1, -1)
     class_map: bool = False
     incremental: str = "auto"
     approximate: float = 0.0
@@ -92,6 +97,9 @@ class Occlusion(MultiTargetMethod):
                               f"map in (0, 1), not {p.approximate}.")
         if p.blur_sigma < 0:
             raise MethodError(f"Parameter 'blur_sigma' of method '{self.name}' must be >= 0 (0 = automatic).")
+        if p.activation_channel >= 0 and not p.activation_layer:
+            raise MethodError(f"Parameter 'activation_channel' of method '{self.name}' needs an "
+                              "activation_layer; pass activation_layer=TENSOR (or auto).")
 
     @classmethod
     def cost(cls, params, input_hw, layer_shape=None) -> int:
@@ -117,7 +125,9 @@ class Occlusion(MultiTargetMethod):
         for i, image_targets in enumerate(targets):
             image_targets = [with_score(t, self.params.score) for t in image_targets]
             fill = baseline(batch.x[i], batch.spec.layout, self.params.fill, value=self.params.value, sigma=sigma)
-            scores, stats = self._occlude(context, batch, i, image_targets, fill, rows, cols, outputs, act_info, plan)
+            neuron = pick_neuron(base[act_layer][i:i + 1], act_info, self.params) if act_info else None
+            scores, stats = self._occlude(context, batch, i, image_targets, fill, rows, cols, outputs, act_info, plan,
+                                          neuron)
             common = {"window": (wh, ww), "stride": (sh, sw), "window_rows": ys, "window_cols": xs,
                       "forwards": int(scores.shape[1] * scores.shape[2])}
             if plan is not None:
@@ -126,6 +136,9 @@ class Occlusion(MultiTargetMethod):
             if act_layer:
                 common.update(activation_extras(act_layer, tensor_channels(base[act_layer][i:i + 1], act_info)[0],
                                                 stats["activations"], scores.shape[1:]))
+            if neuron:
+                common.update(neuron_channel=neuron[0], neuron_position=neuron[1:],
+                              neuron_activation=stats["neuron"].reshape(scores.shape[1:]).astype(np.float32))
             if self.params.class_map:
                 common["class_map"] = stats["classes"]
                 common["class_legend"] = {int(c): context.label(int(c)) for c in np.unique(stats["classes"])}
@@ -152,9 +165,10 @@ class Occlusion(MultiTargetMethod):
 
     def _occlude(self, context: "MethodContext", batch: "Prepared", i: int, targets: list[Target], fill,
                  rows: np.ndarray, cols: np.ndarray, outputs: list[str], act_info: TensorInfo | None,
-                 plan: Plan | None) -> tuple[np.ndarray, dict]:
+                 plan: Plan | None, neuron: tuple[int, int, int] | None = None) -> tuple[np.ndarray, dict]:
         """Scores (targets, Py, Px) of image `i` with each window occluded, plus the optional per-window
-        statistics (per-channel activation totals, top class), reduced chunk by chunk to keep memory flat."""
+        statistics (per-channel activation totals, one neuron's value, top class), reduced chunk by chunk to
+        keep memory flat."""
         ny, nx = len(rows), len(cols)
         total, step = ny * nx, chunk_size(context)
         x = batch.x[i][None]
@@ -170,16 +184,21 @@ class Occlusion(MultiTargetMethod):
                                         total=len(chunks), unit="batch"))
         else:
             runs = run_chunks(context, chunks, len(chunks), occluded, outputs, desc)
-        scores, activations, classes = [], [], []
+        scores, activations, classes, neurons = [], [], [], []
         for _, out in runs:
             scores.append([np.asarray(t.score(out), np.float64) for t in targets])
             if act_info:
                 activations.append(tensor_channels(out[act_info.name], act_info))
+            if neuron:
+                c, r, col = neuron
+                neurons.append(channels_first_np(out[act_info.name], act_info)[:, c, r, col].astype(np.float64))
             if self.params.class_map:
                 classes.append(out[targets[0].output].reshape(len(out[targets[0].output]), -1).argmax(1))
         stats = {}
         if act_info:
             stats["activations"] = np.concatenate(activations)
+        if neurons:
+            stats["neuron"] = np.concatenate(neurons)
         if classes:
             stats["classes"] = np.concatenate(classes).reshape(ny, nx).astype(np.int64)
         return np.concatenate(scores, axis=1).reshape(len(targets), ny, nx), stats
@@ -209,6 +228,26 @@ def tensor_channels(value: np.ndarray, info: TensorInfo) -> np.ndarray:
     if info.spatial:
         return channels_first_np(value, info).sum((2, 3), dtype=np.float64)
     return value.reshape(len(value), -1).sum(1, dtype=np.float64)[:, None]
+
+
+def pick_neuron(value: np.ndarray, info: TensorInfo, params: OcclusionParams) -> tuple[int, int, int] | None:
+    """(channel, row, col) of the neuron to follow in one unoccluded image's layer value, or None when none
+    is asked; the position defaults to the channel's strongest one."""
+    channel, position = params.activation_channel, tuple(params.activation_position)
+    if channel < 0:
+        return None
+    if not info.spatial:
+        raise MethodError(f"activation_channel needs a spatial activation_layer; '{info.name}' is not one.")
+    maps = channels_first_np(value, info)[0]
+    if channel >= len(maps):
+        raise MethodError(f"activation_channel {channel} is out of range for '{info.name}', which has "
+                          f"{len(maps)} channels.")
+    if position[0] < 0 or position[1] < 0:
+        position = np.unravel_index(int(maps[channel].argmax()), maps.shape[1:])
+    if not (position[0] < maps.shape[1] and position[1] < maps.shape[2]):
+        raise MethodError(f"activation_position {tuple(position)} is outside the {maps.shape[1]}x{maps.shape[2]} "
+                          f"grid of '{info.name}'.")
+    return channel, int(position[0]), int(position[1])
 
 
 def activation_extras(layer: str, unoccluded: np.ndarray, totals: np.ndarray, shape: tuple[int, int]) -> dict:

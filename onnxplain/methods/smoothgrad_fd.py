@@ -41,7 +41,7 @@ class SmoothGradFDParams:
     """
     n: int = 256
     noise_level: float = 0.15
-    grid: int = 0
+    grid: int = 7
     signed: bool = False
     seed: int = 0
 

@@ -318,19 +318,20 @@ def scores(explainer: "Explainer", objective: Objective, x: torch.Tensor) -> tor
     return picked.flatten(1).mean(1)
 
 
-def feature_layers(explainer: "Explainer", count: int = 5) -> list[str]:
+def feature_layers(explainer: "Explainer", count: int = 5, pick: str = "last"):
     """Default layers for texture and style: one per spatial resolution on the path to the output, shallow
-    first (the last activation at each resolution, else its last tensor), at most `count`."""
+    first, at most `count`: the last activation at each resolution (else its last tensor), or the first
+    (`pick="first"`, Gatys's conv_k_1); `pick="all"` gives each resolution's activations as a list."""
     model = explainer.model
     ancestors = model.ancestors(model.outputs[0].name)
     groups: dict[tuple[int, int], list["TensorInfo"]] = {}
     for info in model.spatial_layers:
         if info.name in ancestors and info.layout != "tokens" and info.hw and min(info.hw) > 1:
             groups.setdefault(info.hw, []).append(info)
-    picks = []
-    for members in groups.values():
-        active = [m for m in members if m.op_type in ACTIVATION_OPS]
-        picks.append((active or members)[-1].name)
-    if not picks:
+    if not groups:
         raise SynthesisError("The model has no spatial layer to take features from; name layers explicitly.")
-    return picks[:count]
+    chosen = [[m.name for m in ([m for m in members if m.op_type in ACTIVATION_OPS] or members)]
+              for members in groups.values()][:count]
+    if pick == "all":
+        return chosen
+    return [names[0] if pick == "first" else names[-1] for names in chosen]

@@ -7,7 +7,7 @@ Gatys) or Adam, projected to the valid pixel range.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -27,7 +27,7 @@ class StyleParams:
     steps: int = 100             # Adam steps, or L-BFGS iterations (up to 1.25x as many evaluations)
     optimizer: str = "lbfgs"     # lbfgs | adam
     lr: float | None = None      # default: 1.0 for L-BFGS, 0.05 for Adam
-    init: str = "noise"          # noise | content (style only: start from the content image)
+    init: str = "auto"           # auto | noise | content (style only); auto: content for style, noise for texture
     init_std: float = 0.1
     seed: int = 0
 
@@ -36,10 +36,36 @@ class StyleParams:
         check_at_least_zero(init_std=self.init_std)
         if self.optimizer not in ("lbfgs", "adam"):
             raise SynthesisError(f"'optimizer' must be lbfgs or adam (got '{self.optimizer}').")
-        if self.init not in ("noise", "content"):
-            raise SynthesisError(f"'init' must be noise or content (got '{self.init}').")
+        if self.init not in ("auto", "noise", "content"):
+            raise SynthesisError(f"'init' must be auto, noise or content (got '{self.init}').")
         if self.lr is not None and not self.lr > 0:
             raise SynthesisError(f"'lr' must be greater than 0 (got {self.lr}).")
+
+
+STYLE_WEIGHT = 1e3  # content : style = 1e-3 as Gatys et al. (on relative losses), see the README
+
+
+def gatys_content_layer(explainer: "Explainer") -> str:
+    """The conv4_2 of a network: the second activation at the second-deepest resolution (else its first)."""
+    deepest = feature_layers(explainer, pick="all")
+    groups = [g for g in deepest if g]
+    group = groups[max(0, len(groups) - 2)]
+    return group[min(1, len(group) - 1)]
+
+
+def canvas_space(explainer: "Explainer", space: Space, size: tuple[int, int], names: Sequence[str]) -> Space:
+    """`space` at another (h, w), after checking that the model's layers run at that size."""
+    size = (int(size[0]), int(size[1]))
+    if min(size) < 1:
+        raise SynthesisError(f"The texture size must be positive pixels (got {size[0]}x{size[1]}).")
+    canvas = replace(space, size=size)
+    try:
+        with torch.no_grad():
+            _maps(explainer, canvas, canvas.noise(1, 0.0, 0), names)
+    except (RuntimeError, ValueError) as exc:
+        raise SynthesisError(f"The model cannot run at {size[0]}x{size[1]} ({str(exc).splitlines()[0][:120]}); "
+                             "its graph fixes the input size, so synthesise at the model's size.") from None
+    return canvas
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
@@ -55,8 +81,8 @@ def _relative(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return diff / reference.flatten(1).pow(2).sum(1).clamp_min(1e-12)
 
 
-def _layers(explainer: "Explainer", layers: Sequence[str] | None) -> list[str]:
-    names = [explainer.model.resolve_layer(n) for n in layers] if layers else feature_layers(explainer)
+def _layers(explainer: "Explainer", layers: Sequence[str] | None, pick: str = "last") -> list[str]:
+    names = [explainer.model.resolve_layer(n) for n in layers] if layers else feature_layers(explainer, pick=pick)
     if not names:
         raise SynthesisError("Name at least one layer to take features from.")
     return list(dict.fromkeys(names))
@@ -124,9 +150,13 @@ def optimise(explainer: "Explainer", u: torch.Tensor, loss: Callable[[torch.Tens
 
 def texture(explainer: "Explainer", image: ImageSource, layers: Sequence[str] | None = None,
             weights: Sequence[float] | dict | None = None, params: StyleParams | None = None,
-            **overrides) -> Synthesis:
+            size: tuple[int, int] | None = None, **overrides) -> Synthesis:
     """A new image with the texture of `image`: from noise, match its Gram matrices at `layers`
-    (default: one per resolution, see feature_layers) with per-layer `weights` (default equal)."""
+    (default: one per resolution, see feature_layers) with per-layer `weights` (default equal).
+
+    `size` (h, w) synthesises a texture of that size, larger than the model input too: the model runs on
+    the whole canvas (Gram matrices are averages over positions, so they compare across sizes); the
+    source image is seen at the model's input size."""
     p = make_params(StyleParams, params, overrides)
     names = _layers(explainer, layers)
     layer_weights = _weights(names, weights)
@@ -134,6 +164,8 @@ def texture(explainer: "Explainer", image: ImageSource, layers: Sequence[str] | 
     source, _ = space.from_photo(explainer, image)
     with torch.no_grad():
         targets = {n: gram(v) for n, v in _maps(explainer, space, source, names).items()}
+    if size is not None:
+        space = canvas_space(explainer, space, size, names)
 
     def loss(u: torch.Tensor) -> torch.Tensor:
         maps = _maps(explainer, space, u, names)
@@ -146,22 +178,21 @@ def texture(explainer: "Explainer", image: ImageSource, layers: Sequence[str] | 
 
 def style(explainer: "Explainer", content: ImageSource, style_image: ImageSource, content_layer: str | None = None,
           style_layers: Sequence[str] | None = None, style_weights: Sequence[float] | dict | None = None,
-          content_weight: float = 1.0, style_weight: float = 10.0, params: StyleParams | None = None,
+          content_weight: float = 1.0, style_weight: float = STYLE_WEIGHT, params: StyleParams | None = None,
           **overrides) -> Synthesis:
-    """The content of `content` (features at `content_layer`, default the second-deepest resolution) painted
-    in the style of `style_image` (Gram matrices at `style_layers`, default one per resolution).
+    """The content of `content` (features at `content_layer`) painted in the style of `style_image` (Gram
+    matrices at `style_layers`), from the content photo by default.
 
-    Loss = content_weight * content loss + style_weight * sum_l w_l * style loss_l, both relative.
+    Defaults as Gatys et al. 2016 (conv1_1 ... conv5_1 for style with equal weights, conv4_2 for content):
+    the first activation at each resolution for style, the second activation at the second-deepest
+    resolution for content. Loss = content_weight * content loss + style_weight * sum_l w_l * style loss_l,
+    both relative, so the weights are not Gatys's 1e-3 ratio (that one is for raw sums of squares).
     """
     p = make_params(StyleParams, params, overrides)
     check_at_least_zero(content_weight=content_weight, style_weight=style_weight)
-    names = _layers(explainer, style_layers)
+    names = _layers(explainer, style_layers, pick="first")
     layer_weights = _weights(names, style_weights)
-    if content_layer:
-        content_name = explainer.model.resolve_layer(content_layer)
-    else:
-        defaults = feature_layers(explainer)
-        content_name = defaults[max(0, len(defaults) - 2)]
+    content_name = explainer.model.resolve_layer(content_layer) if content_layer else gatys_content_layer(explainer)
     space = Space.of(explainer)
     content_u, _ = space.from_photo(explainer, content)
     style_u, _ = space.from_photo(explainer, style_image)
@@ -175,7 +206,7 @@ def style(explainer: "Explainer", content: ImageSource, style_image: ImageSource
         styled = sum(w * _relative(gram(maps[n]), style_targets[n]) for n, w in zip(names, layer_weights))
         return (content_weight * _relative(maps[content_name], content_target) + style_weight * styled).sum()
 
-    start = content_u if p.init == "content" else space.noise(1, p.init_std, p.seed)
+    start = space.noise(1, p.init_std, p.seed) if p.init == "noise" else content_u
     u, history = optimise(explainer, start, loss, p, "style")
     return Synthesis("style", space.image(u[0]), history,
                      {**params_dict(p), "content_weight": content_weight, "style_weight": style_weight},

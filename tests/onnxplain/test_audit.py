@@ -284,3 +284,27 @@ def test_audit_streams_to_a_log_and_plans_its_cost_first(region_model, folder, t
     assert "audit plan: 3 images, 68 forward passes" in capsys.readouterr().err
     html = (out / "audit.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 * 2 + 1
+
+
+def test_report_curves_have_axes_ticks_units_and_a_legend(region_model, tmp_path):
+    """Each mean-curve chart carries an x axis in percent of pixels (ticks 0, 50, 100), a y axis naming the
+    score's unit with ticks at the range's ends (min(0, lowest) .. max(1, highest)), and a legend per curve."""
+    import re
+
+    from onnxplain.report import render_html, y_ticks
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), helpers.random_images(1, seed=4)[0])
+    out = tmp_path / "out"
+    run_audit(region_model, folder, out, AuditOptions(methods=("eigen-cam",), steps=4, sanity_images=0),
+              preset="raw01", quiet=True)
+    report = json.loads((out / "audit.json").read_text())
+    page = render_html(report, {})
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert "pixels deleted / inserted (%)" in svg and "target probability" in svg
+    assert [t for t in re.findall(r'class="tick"[^>]*>([^<]+)<', svg)][-3:] == ["0", "50", "100"]
+    assert re.findall(r'class="legend"[^>]*fill="(#\w+)">(\w+)<', svg) == [("#c0392b", "deletion"),
+                                                                          ("#2460a7", "insertion")]
+    assert [label for label, _ in y_ticks({"deletion": [0.2, 1.4]}, 100, 5)] == ["0", "0.7", "1.4"]
+    assert [y for _, y in y_ticks({"deletion": [0.2, 0.4]}, 100, 5)] == ["95.0", "50.0", "5.0"]

@@ -212,13 +212,13 @@ def test_smoothgrad_fd_is_exact_on_a_linear_model(linear_model):
     path, w = linear_model
     ex = explainer(path, batch_size=512)
     image = helpers.random_images(1, size=8, seed=5)
-    [a] = ex.explain(image, method="smoothgrad-fd", target=0, n=64, seed=2)
+    [a] = ex.explain(image, method="smoothgrad-fd", target=0, n=64, seed=2, grid=0)
     noise = standard_normal(np.random.default_rng(2), (64, 3, 8, 8)).astype(np.float64)
     expected = np.tensordot(noise.reshape(64, -1) @ w.ravel(), noise, 1) / 64
     assert rel_err(a.extras["gradient"], expected) < 1e-4
     np.testing.assert_allclose(a.raw, np.abs(a.extras["gradient"]).max(0))
     for n in (4096, 16384):
-        [a] = ex.explain(image, method="smoothgrad-fd", target=0, n=n, signed=True)
+        [a] = ex.explain(image, method="smoothgrad-fd", target=0, n=n, signed=True, grid=0)
         error = np.linalg.norm(a.extras["gradient"] - w) / np.linalg.norm(w)
         assert error < 1.5 * math.sqrt(193 / n), (n, error)
         np.testing.assert_allclose(a.raw, a.extras["gradient"].sum(0), rtol=1e-5)
@@ -269,7 +269,8 @@ def test_smoothgrad_fd_converges_to_autograd_smoothgrad(tmp_path):
                              batch_size=1024)
 
     def r(pairs: int) -> float:
-        [fd] = ex.explain(image, method="smoothgrad-fd", target=1, n=pairs, noise_level=0.15, signed=True)
+        [fd] = ex.explain(image, method="smoothgrad-fd", target=1, n=pairs, noise_level=0.15, signed=True,
+                         grid=0)
         return float(np.corrcoef(fd.raw.ravel(), reference.raw.ravel())[0, 1])
 
     few, many = r(64), r(4096)
