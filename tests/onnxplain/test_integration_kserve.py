@@ -124,13 +124,61 @@ def test_v2_infer_scores_only_and_metadata(url, explainer):
     assert [o["name"] for o in meta["outputs"]] == [explainer.model.outputs[0].name, "map", "target"]
 
 
-def test_v2_raw_bytes_elements(model, explainer):
-    """Raw image bytes as BYTES elements (as kserve's gRPC path delivers them) are the image files themselves."""
+@pytest.fixture(scope="module")
+def grpc(model):
+    """kserve's own gRPC servicer for the model on a 127.0.0.1 port, in a thread with its own event loop; yields
+    the address and a function that runs a coroutine on that loop (grpc.aio wants one loop for server and
+    client)."""
+    import threading
+
+    from grpc import aio
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+
+    repository = ModelRepository()
+    repository.update(model)
+    loop, started, server = asyncio.new_event_loop(), threading.Event(), {}
+
+    async def run() -> None:
+        server["grpc"] = aio.server()
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(DataPlane(repository), ModelRepositoryExtension(repository)), server["grpc"])
+        server["port"] = server["grpc"].add_insecure_port("127.0.0.1:0")
+        await server["grpc"].start()
+        started.set()
+        await server["grpc"].wait_for_termination()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    assert started.wait(30), "the gRPC server did not start"
+    def run_on_loop(coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(120)
+
+    yield f"127.0.0.1:{server['port']}", run_on_loop
+    asyncio.run_coroutine_threadsafe(server["grpc"].stop(None), loop).result(10)
+    thread.join(10)
+
+
+def test_v2_raw_bytes_over_kserve_grpc(grpc, explainer):
+    """The JPEG's raw bytes as the BYTES element, through kserve's gRPC servicer and client: the map for class
+    281 (an int parameter) equals the Explainer's."""
+    from kserve.inference_client import InferenceGRPCClient
+
     image = CHELSEA.read_bytes()
-    answer = asyncio.run(model.predict(v2_request([image], binary=True, method="eigen-cam")))
-    maps = {o.name: o for o in answer.outputs}["map"].as_numpy()
-    own = explainer.explain_bytes(image, method="eigen-cam")[0].raw
-    np.testing.assert_allclose(maps[0, 0], own, atol=1e-5)
+    request = v2_request([image], binary=True, method="eigen-cam", target=281)
+
+    address, run = grpc
+
+    async def infer():
+        return await InferenceGRPCClient(address, timeout=120, retries=0).infer(request)
+
+    outputs = {o.name: o for o in run(infer()).outputs}
+    assert outputs["target"].as_numpy().tolist() == [[281]] and outputs["map"].shape == [1, 1, 7, 7]
+    own = explainer.explain_bytes(image, method="eigen-cam", target=281)[0].raw
+    np.testing.assert_allclose(outputs["map"].as_numpy()[0, 0], own, atol=1e-5)
 
 
 def test_v2_user_errors_are_invalid_input(url):

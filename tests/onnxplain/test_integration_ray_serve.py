@@ -97,3 +97,16 @@ def test_user_errors_are_400_json(url):
                                                      "method": "eigen-cam"}), 400, "decode")
         assert_refused(client.post("/predict", json={"image": image, "colour": 1}), 422, "colour")
         assert_refused(client.get("/nowhere"), 404, "POST /explain")
+
+
+def test_build_reads_serve_run_arguments(effnet):
+    """`serve run ...:build key=value` passes strings: numbers are converted, a missing model is a user error."""
+    from onnxplain.errors import UserError
+    from onnxplain.integrations.ray_serve import build
+
+    application = build({"model_path": str(effnet), "max_batch_size": "3", "num_cpus": "0.5"})
+    deployment = application._bound_deployment
+    assert deployment.init_args == (str(effnet),) and deployment.init_kwargs["max_batch_size"] == 3
+    assert deployment.ray_actor_options["num_cpus"] == 0.5 and deployment.max_ongoing_requests == 6
+    with pytest.raises(UserError, match="model_path=MODEL.onnx"):
+        build({"max_batch_size": "3"})
