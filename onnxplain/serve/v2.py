@@ -19,7 +19,7 @@ import numpy as np
 
 from .kserve_v1 import check_name, run_jobs
 from .guard import read_body_within
-from .requests import EXPLAIN, PREDICT, HTTPError
+from .requests import EXPLAIN, PREDICT, HTTPError, RequestModel
 from .routes import Endpoint, Protocol, error_response, json_response
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def _flat(data: Any) -> list:
     return [x for item in data for x in _flat(item)] if isinstance(data, list) else [data]
 
 
-def _element(item: Any) -> bytes:
+def base64_element(item: Any) -> bytes:
     """One encoded image from JSON data: base64 text, or a list of byte values."""
     if isinstance(item, str):
         try:
@@ -91,7 +91,7 @@ def input_images(request: dict, tail: bytes) -> list[bytes]:
             raise HTTPError(400, "The input's binary_data_size is larger than the binary data sent.")
         images = _binary_elements(tail[:size])
     elif isinstance(tensor.get("data"), list):
-        images = [_element(item) for item in _flat(tensor["data"])]
+        images = [base64_element(item) for item in _flat(tensor["data"])]
     else:
         raise HTTPError(400, "The input has no 'data'; send the images in base64, or as binary data.")
     shape = tensor.get("shape")
@@ -123,16 +123,39 @@ def scores(top: list[list[dict]]) -> np.ndarray:
     return out
 
 
-def outputs(ctx: "Context", fields: dict, results: list[dict]) -> list[dict]:
-    """The answer's tensors: the model output, and with a method the maps and their classes."""
-    name = ctx.explainer.output_name(fields.get("output"))
+def output_arrays(explainer: Any, fields: dict, results: list[dict]) -> list[tuple[str, str, np.ndarray]]:
+    """(name, datatype, array) of the answer: the model output, and with a method the maps and their classes."""
+    name = explainer.output_name(fields.get("output"))
     top = [r["top"] if "top" in r else r["predictions"] for r in results]
-    answer = [tensor(name, "FP32", scores(top))]
+    answer = [(name, "FP32", scores(top))]
     if "method" in fields:
         maps = np.array([[e["raw"] for e in r["explanations"]] for r in results], np.float32)
         classes = np.array([[e["target"].get("index", -1) for e in r["explanations"]] for r in results], np.int64)
-        answer += [tensor("map", "FP32", maps), tensor("target", "INT64", classes)]
+        answer += [("map", "FP32", maps), ("target", "INT64", classes)]
     return answer
+
+
+def outputs(ctx: "Context", fields: dict, results: list[dict]) -> list[dict]:
+    """The answer's tensors as JSON."""
+    return [tensor(*entry) for entry in output_arrays(ctx.explainer, fields, results)]
+
+
+def job_fields(fields: dict, max_top: int) -> tuple[RequestModel, dict]:
+    """The request model and fields of the jobs an infer request becomes: full scores, raw maps with a method."""
+    top = {"top": max_top}
+    if "method" in fields:
+        return EXPLAIN, {**fields, **top, "raw": True}
+    return PREDICT, {**{k: v for k, v in fields.items() if k == "output"}, **top}
+
+
+INPUTS = [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+
+
+def output_metadata(explainer: Any) -> list[dict]:
+    """The V2 metadata of the outputs: the model's, then map and target (answered when a method is named)."""
+    return ([{"name": o.name, "datatype": "FP32", "shape": [-1, -1]} for o in explainer.model.outputs]
+            + [{"name": "map", "datatype": "FP32", "shape": [-1, -1, -1, -1]},
+               {"name": "target", "datatype": "INT64", "shape": [-1, -1]}])
 
 
 # ---- the routes -----------------------------------------------------------------------------------
@@ -155,12 +178,9 @@ async def ready(ctx: "Context", request: "Request") -> "Response":
 
 async def model(ctx: "Context", request: "Request") -> "Response":
     name = check_name(ctx, request)
-    model_outputs = [{"name": o.name, "datatype": "FP32", "shape": [-1, -1]} for o in ctx.explainer.model.outputs]
     return json_response({
         "name": name, "versions": ["1"], "platform": "onnxplain",
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": model_outputs + [{"name": "map", "datatype": "FP32", "shape": [-1, -1, -1, -1]},
-                                    {"name": "target", "datatype": "INT64", "shape": [-1, -1]}],
+        "inputs": INPUTS, "outputs": output_metadata(ctx.explainer),
         "parameters": {"methods": [m["name"] for m in ctx.info["methods"]],
                        "explain_parameters": list(EXPLAIN_PARAMETERS)}})
 
@@ -178,12 +198,7 @@ async def infer(ctx: "Context", request: "Request") -> "Response":
     infer_request, tail = split_body(body, request.headers.get(HEADER))
     images = input_images(infer_request, tail)
     fields = explain_fields(infer_request.get("parameters"))
-    top = {"top": ctx.config.max_top}
-    if "method" in fields:
-        results = await run_jobs(ctx, request, EXPLAIN, {**fields, **top, "raw": True}, images)
-    else:
-        results = await run_jobs(ctx, request, PREDICT, {**{k: v for k, v in fields.items() if k == "output"}, **top},
-                                 images)
+    results = await run_jobs(ctx, request, *job_fields(fields, ctx.config.max_top), images)
     tensors = outputs(ctx, fields, results)
     wanted = [o.get("name") for o in infer_request.get("outputs") or [] if isinstance(o, dict)]
     if wanted:
