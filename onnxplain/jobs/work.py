@@ -46,6 +46,8 @@ class JobSpec:
     device: str = "cpu"
     engine: str = "auto"
     batch_size: int = 16
+    alpha: float = 0.5               # overlay opacity and colormap (rendering only: not in the resume key)
+    colormap: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -59,7 +61,7 @@ class JobSpec:
 
     def params_hash(self) -> str:
         """A digest of everything that changes a result (the model's bytes included, not where it lies)."""
-        settings = {k: v for k, v in self.as_dict().items() if k not in ("model", "device", "batch_size", "overlays")}
+        settings = {k: v for k, v in self.as_dict().items() if k not in ("model", "device", "batch_size", "overlays", "alpha", "colormap")}
         settings["model"] = _file_digest(self.model)
         return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
 
@@ -173,6 +175,7 @@ class Worker:
             heatmap = np.nan_to_num(heatmap, nan=0.0, posinf=0.0, neginf=0.0)
         elif float(heatmap.max()) == float(heatmap.min()):
             warning = "the map is constant: the method found nothing for this target"
+        warning = " ".join(attribution.warnings) or warning  # the method's and the map's own sentences first
         row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
         stored = {"input": attribution.upsampled, "raw": attribution.raw, "original": heatmap}.get(self.spec.maps)
         if stored is not None:
@@ -184,12 +187,11 @@ class Worker:
                 "map_key": key if stored is not None else None, "overlay": overlay}
 
     def _overlay(self, key: str, attribution) -> str:
-        from ..render import write_png
-        relative = Path("overlays") / (key.replace("::", ".") + ".png")
-        path = self.out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_png(path, attribution.overlay())
-        return relative.as_posix()
+        """The per-image files of `Attribution.save` (overlay PNG, heatmap and raw .npy, pictures) under
+        overlays/, named by the key; returns the overlay's path relative to the output folder."""
+        relative = Path("overlays") / key.replace("::", ".")
+        attribution.save(str(self.out / relative), self.spec.alpha, self.spec.colormap)
+        return relative.as_posix() + ".png"
 
 
 def _mass(heatmap: np.ndarray) -> float:
