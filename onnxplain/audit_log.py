@@ -123,7 +123,7 @@ def audit_cost(explainer: "Explainer", options: "AuditOptions", images: int, com
 
 def _sanity_models(explainer: "Explainer", options: "AuditOptions") -> int:
     """How many randomised models the sanity check builds (cascade depths plus single layers)."""
-    from .metrics import _spread, weight_layers
+    from .metrics.sanity import _spread, weight_layers
     count = len(weight_layers(explainer.model))
     return len(_spread(count, options.sanity_steps)) * 2 if count else 0
 

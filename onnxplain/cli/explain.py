@@ -23,7 +23,7 @@ from .jobs import JobOptions, job_options
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--colormap", default=None,
               help="jet, turbo, viridis, inferno, magma, hot, bwr or gray (default: jet; bwr at 0 for signed maps).")
-@model_options(engine=True)
+@model_options(engine=True, batch_size=16)
 @job_options()
 def explain(model: str, images: tuple[str, ...], method: str, target: str, layer: str, output: str | None,
             param: tuple[str, ...], out_dir: str, alpha: float, colormap: str | None, models: ModelOptions,
@@ -44,9 +44,9 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, layer
     names = tuple(dict.fromkeys(m.strip() for m in method.split(",") if m.strip()))
     if colormap is not None:
         check_colormap(colormap)
-    spec = JobSpec(str(model), names, target, layer, output, {name: params for name in names}, preset=models.preset,
-                   labels=models.labels, device=models.device, engine=models.engine,
-                   batch_size=models.batch_size or 16, alpha=alpha, colormap=colormap, **jobs.spec_fields())
+    spec = JobSpec(str(model), names, target, layer, output, {name: params for name in names} if params else {},
+                   preset=models.preset, labels=models.labels, device=models.device, engine=models.engine,
+                   batch_size=models.batch_size, alpha=alpha, colormap=colormap, **jobs.spec_fields())
     method_params(spec)  # unknown methods and bad -p values stop here, before any image
     report = run_command_job(spec, images, out_dir, jobs)
     out = Path(out_dir)
