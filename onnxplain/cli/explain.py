@@ -57,7 +57,8 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, layer
     else:
         (out / "explain.json").write_text(json.dumps(manifest, indent=2))
         for entry in manifest["explanations"]:
-            click.echo(f"{entry['method']:<16} {entry['image']} -> {entry['files'].get('overlay', entry['map_key'])}")
+            shown = out / entry["files"]["overlay"] if "overlay" in entry["files"] else entry["map_key"]
+            click.echo(f"{entry['method']:<16} {entry['image']} -> {shown}")
         if not manifest["explanations"] and not manifest["errors"]:
             raise UserError("Nothing was explained; check the images and the target.")
     finish(report, str(out))

@@ -266,7 +266,7 @@ def test_report_in_headless_chromium(region_model, folder, tmp_path):
 # ---- streaming: the log, thumbnail files, the plan --------------------------------------------------
 def test_audit_streams_to_a_log_and_plans_its_cost_first(region_model, folder, tmp_path, capsys):
     """Records go to audit.log.jsonl as they are made (the report is built from it once), thumbnails to
-    thumbs/*.png; the plan printed first counts forwards: eigen-cam 1 per image, 2 (steps + 1) per curve pair."""
+    thumbs/*.png; the plan printed first counts forwards: eigen-cam 2 per image, 2 (steps + 1) per curve pair."""
     out = tmp_path / "out"
     report = run_audit(region_model, folder, out, AuditOptions(methods=("eigen-cam",), steps=8, sanity_images=1,
                                                                sanity_steps=2), preset="raw01", quiet=False)
@@ -275,11 +275,11 @@ def test_audit_streams_to_a_log_and_plans_its_cost_first(region_model, folder, t
     assert [r["image"] for r in report["images"]] == ["a.png", "b.png", "sub/c.png"]
     thumbs = sorted(p.name for p in (out / "thumbs").glob("*.png"))
     assert {"0__image.png", "0__eigen-cam.png", "2__eigen-cam.png", "sanity__eigen-cam__original.png"} <= set(thumbs)
-    cost = report["cost"]
-    assert cost["forwards"]["explain"] == {"eigen-cam": 3}
+    cost = report["cost"]   # eigen-cam is measured at 2 onnxruntime passes per image (the scores, then the layer)
+    assert cost["forwards"]["explain"] == {"eigen-cam": 3 * 2}
     assert cost["forwards"]["deletion_insertion"] == {"eigen-cam": 3 * 18}
-    assert cost["sanity_models"] == 4 and cost["forwards"]["sanity"] == {"eigen-cam": 4}
-    assert cost["total_forwards"] == 3 + 54 + 4
-    assert "audit plan: 3 images, 61 forward passes" in capsys.readouterr().err
+    assert cost["sanity_models"] == 4 and cost["forwards"]["sanity"] == {"eigen-cam": 4 * 2}
+    assert cost["total_forwards"] == 6 + 54 + 8
+    assert "audit plan: 3 images, 68 forward passes" in capsys.readouterr().err
     html = (out / "audit.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 * 2 + 1
