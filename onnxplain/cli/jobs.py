@@ -98,7 +98,8 @@ def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: Jo
         if jobs.ray:
             return _on_ray(spec, items, out, jobs)
         from ..jobs import run_job
-        watch = ErrorRows(0 if jobs.resume else min(len(items), SETTINGS_PROBE))
+        resumed = jobs.resume and (out / "job.json").is_file()   # settings already ran there: no probe
+        watch = ErrorRows(0 if resumed else min(len(items), SETTINGS_PROBE))
         report = run_job(spec, items, out, resume=jobs.resume, threads=jobs.threads, flush_every=jobs.flush_every,
                          quiet=progress.QUIET, on_batch=watch)
         return report.as_dict()
@@ -137,7 +138,7 @@ def _on_ray(spec: Any, items: list, out: Path, jobs: JobOptions) -> dict:
     from ..jobs.work import Worker, build_explainer
     before = _finished(out, spec.params_hash()) if jobs.resume else set()
     todo = [item for item in items if item.name not in before]
-    if todo and not jobs.resume:
+    if todo and not before:
         probe = todo[:SETTINGS_PROBE]
         ErrorRows(len(probe))(Worker(spec, build_explainer(spec, jobs.threads)).process(probe)[0])
     run_ray(spec, items, out, address=jobs.ray_address, actors=jobs.actors, resume=jobs.resume)

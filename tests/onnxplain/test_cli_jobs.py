@@ -114,9 +114,10 @@ def test_a_bad_image_is_one_stderr_line_and_the_others_are_written(model, photos
     assert json.loads((out / "explain.json").read_text())["errors"][0]["image"] == "a/broken.png"
 
 
-def test_settings_that_fail_every_image_exit_2_and_write_nothing(model, photos, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--resume",)])   # --resume into a new folder checks the same
+def test_settings_that_fail_every_image_exit_2_and_write_nothing(model, photos, tmp_path, extra):
     """A target the model does not have fails the first images all the same way: one sentence, exit 2."""
-    result = explain(model, str(photos), "--out", str(tmp_path / "out"), "-t", "7")
+    result = explain(model, str(photos), "--out", str(tmp_path / "out"), "-t", "7", *extra)
     assert result.exit_code == 2
     assert result.output.strip() == ("error: Target class 7 is out of range: output 'scores' has 3 classes "
                                      "(0..2).")
