@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from .explainer import Explainer
 
 SCHEMA_VERSION = 1
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 HTML_EVERY = 10  # kept for callers; the report is now built once, from the log, when the audit ends
 THUMB = 128      # pixels, long side of the thumbnails embedded in the report
 
@@ -118,16 +117,10 @@ class AuditOptions:
 
 
 def list_images(source: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Image files under a folder (recursively, sorted by path), or one image file; at most `limit`."""
-    root = Path(source)
-    if root.is_file():
-        paths = [root]
-    elif root.is_dir():
-        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        raise UserError(f"Images folder '{root}' does not exist; pass a folder of images.")
-    if not paths:
-        raise UserError(f"No images in '{root}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    """Image files of a folder (recursively, sorted by path), a manifest (onnxplain.jobs.list_inputs) or one
+    image file; at most `limit`."""
+    from .jobs import list_inputs
+    paths = [Path(item.path) for item in list_inputs(source)]
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, not {limit}.")

@@ -11,7 +11,7 @@ from .common import HELP, Command, model_options, param_option
 
 @click.command("audit", cls=Command, context_settings=HELP)
 @click.argument("model", type=click.Path())
-@click.argument("images_dir", type=click.Path())
+@click.argument("images", type=click.Path())
 @click.option("--methods", "-m", default="grad-cam", show_default=True, help="Method names, comma separated.")
 @click.option("--compare", type=click.Path(), default=None,
               help="A second model file (e.g. its int8 quantisation): prediction and map drift.")
@@ -37,16 +37,19 @@ from .common import HELP, Command, model_options, param_option
 @click.option("--tolerance", default=15.0, show_default=True, help="Pointing-game tolerance in pixels.")
 @click.option("--sanity/--no-sanity", default=True, show_default=True,
               help="Run the randomisation sanity check.")
-@click.option("--sanity-images", default=2, show_default=True, help="Images the sanity check uses.")
-@click.option("--sanity-steps", default=4, show_default=True,
+@click.option("--sanity-images", default=1, show_default=True,
+              help="Images the sanity check uses (each costs a forward per randomised model and method).")
+@click.option("--sanity-steps", default=2, show_default=True,
               help="Cascade depths (and single layers) the sanity check evaluates, spread over the weight layers.")
 @click.pass_context
 @model_options()
-def audit_command(ctx, model, images_dir, methods, compare, boxes, out_dir, fail_under, fail_over, limit, layer,
+def audit_command(ctx, model, images, methods, compare, boxes, out_dir, fail_under, fail_over, limit, layer,
                   param, steps, score, deletion_baseline, insertion_baseline, tolerance, sanity, sanity_images,
                   sanity_steps, models):
-    """Audit MODEL's explanations on IMAGES_DIR: deletion/insertion AUC, pointing game, randomisation
-    sanity check and drift against a second model; one self-contained audit.html plus audit.json.
+    """Audit MODEL's explanations on IMAGES (a folder, recursive; a .csv/.jsonl/.parquet manifest with a `path`
+    column; or one image): deletion/insertion AUC, pointing game, randomisation sanity check and drift
+    against a second model; one self-contained audit.html plus audit.json. The cost in forward passes is
+    printed first (unless --quiet); each image is appended to a log as it is done.
 
     Exit codes: 0 all thresholds met, 1 a --fail-under/--fail-over threshold violated, 2 a usage error,
     130 interrupted (the partial report is written).
@@ -64,7 +67,7 @@ def audit_command(ctx, model, images_dir, methods, compare, boxes, out_dir, fail
                            sanity_images=sanity_images, sanity_steps=sanity_steps)
     out = Path(out_dir)
     try:
-        report = run_audit(model, images_dir, out, options, compare=compare, boxes=boxes, thresholds=thresholds,
+        report = run_audit(model, images, out, options, compare=compare, boxes=boxes, thresholds=thresholds,
                            preset=models.preset, labels=models.labels, device=models.device, limit=limit,
                            quiet=progress.QUIET, limits=models.limits)
     except KeyboardInterrupt:

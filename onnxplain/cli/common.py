@@ -100,13 +100,17 @@ class ModelOptions:
     batch_size: int | None = None
     limits: dict | None = None  # max_pixels, max_forwards, max_output_side (onnxplain.limits)
 
+    def explainer_options(self) -> dict:
+        """The Explainer keyword arguments beyond preset, labels, device, engine and batch size."""
+        return dict(self.limits or {})
+
     def explainer(self, model: str, quiet: bool | None = None) -> Any:
         """The Explainer these options describe (progress bars follow `onnxplain --quiet` unless told)."""
         from .. import progress
         from ..explainer import Explainer
         extra = {} if self.batch_size is None else {"batch_size": self.batch_size}
         return Explainer(model, preprocess=self.preset, labels=self.labels, device=self.device, engine=self.engine,
-                         quiet=progress.QUIET if quiet is None else quiet, **extra, **(self.limits or {}))
+                         quiet=progress.QUIET if quiet is None else quiet, **extra, **self.explainer_options())
 
 
 def model_options(engine: bool = False, batch_size: int | None = None) -> Callable:

@@ -7,16 +7,15 @@ from pathlib import Path
 import click
 
 from .common import HELP, OUT_DEFAULT, Command, ModelOptions, model_options, param_option
-
-SCHEMA_VERSION = 1
-
+from .jobs import JobOptions, job_options
 
 @click.command(cls=Command, context_settings=HELP)
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--method", "-m", default="grad-cam", show_default=True, help="Method name(s), comma separated.")
 @click.option("--target", "-t", default="predicted", show_default=True,
-              help="predicted | INDEX | topK | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel].")
+              help="predicted | INDEX | topK | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel] "
+                   "(a manifest's `target` column overrides it per image).")
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
 @click.option("--output", default=None, help="Model output to explain (default: the first).")
 @param_option("stride=8")
@@ -24,33 +23,48 @@ SCHEMA_VERSION = 1
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--colormap", default=None,
               help="jet, turbo, viridis, inferno, magma, hot, bwr or gray (default: jet; bwr at 0 for signed maps).")
-@model_options(engine=True)
+@model_options(engine=True, batch_size=16)
+@job_options()
 def explain(model: str, images: tuple[str, ...], method: str, target: str, layer: str, output: str | None,
-            param: tuple[str, ...], out_dir: str, alpha: float, colormap: str | None, models: ModelOptions) -> None:
-    """Explain IMAGES with one or more methods: overlay PNG, raw .npy, and explain.json in --out."""
+            param: tuple[str, ...], out_dir: str, alpha: float, colormap: str | None, models: ModelOptions,
+            jobs: JobOptions) -> None:
+    """Explain IMAGES (files, folders, or .csv/.jsonl/.parquet manifests with a `path` and an optional
+    `target` column) with one or more methods, streaming into --out: results.parquet, float16 maps, overlays
+    and, up to 1000 images, explain.json. A bad image is an error row (one line on stderr) and the run goes on.
+
+    Exit codes: 0 every image explained, 1 some image failed, 2 a usage error.
+    """
     from ..errors import MethodError, UserError
+    from ..jobs import JobSpec
+    from ..jobs.export import MANIFEST_LIMIT, explain_manifest, method_params
     from ..params import parse_pairs
+    from ..render import check_colormap
     from ..writing import check_out, write_json
+    from .jobs import finish, run_command_job
     params = parse_pairs(param, "stride=8", MethodError)
-    out = check_out(out_dir)
-    explainer = models.explainer(model)
-    batch = explainer.prepare(list(images))
-    results = {}
-    for name in [m.strip() for m in method.split(",") if m.strip()]:
-        results[name] = explainer.explain(batch, method=name, target=target, layer=layer, output=output, **params)
-    manifest = {"schema_version": SCHEMA_VERSION, "model": str(model),
-                "predictions": [p.as_dict() for p in explainer.predict(batch)], "explanations": []}
-    for name, attributions in results.items():
-        for attribution in attributions:
-            stem = Path(attribution.image_name).stem or "image"
-            tag = attribution.target.get("index", attribution.target.get("label", "target"))
-            files = attribution.save(str(out / f"{stem}.{name}.{tag}"), alpha, colormap)
-            manifest["explanations"].append({**attribution.summary(), "files": files})
-    write_json(out / "explain.json", manifest)
-    for entry in manifest["explanations"]:
-        click.echo(f"{entry['method']:<16} {entry['image']} -> {entry['files']['overlay']}")
-    if not manifest["explanations"]:
-        raise UserError("Nothing was explained; check the images and the target.")
+    names = tuple(dict.fromkeys(m.strip() for m in method.split(",") if m.strip()))
+    if colormap is not None:
+        check_colormap(colormap)
+    spec = JobSpec(str(model), names, target, layer, output, {name: params for name in names} if params else {},
+                   preset=models.preset, labels=models.labels, device=models.device, engine=models.engine,
+                   batch_size=models.batch_size, alpha=alpha, colormap=colormap,
+                   options=models.explainer_options(), **jobs.spec_fields())
+    check_out(out_dir)  # an output path that cannot be written stops here, before any compute
+    method_params(spec)  # unknown methods and bad -p values stop here, before any image
+    report = run_command_job(spec, images, out_dir, jobs)
+    out = Path(out_dir)
+    manifest = explain_manifest(out, spec)
+    if manifest is None:
+        click.echo(f"explain.json is written for runs of up to {MANIFEST_LIMIT} images; read results.parquet "
+                   "(onnxplain.jobs.read_results).")
+    else:
+        write_json(out / "explain.json", manifest)
+        for entry in manifest["explanations"]:
+            shown = out / entry["files"]["overlay"] if "overlay" in entry["files"] else entry["map_key"]
+            click.echo(f"{entry['method']:<16} {entry['image']} -> {shown}")
+        if not manifest["explanations"] and not manifest["errors"]:
+            raise UserError("Nothing was explained; check the images and the target.")
+    finish(report, str(out))
 
 
 @click.command("methods", cls=Command, context_settings=HELP)

@@ -12,6 +12,7 @@ import click
 
 from ..writing import write_json
 from .common import HELP, OUT_DEFAULT, Group, model_options, out_dir
+from .jobs import job_options
 
 
 features = Group("features", help="What layers and filters see: activations, dead filters, kernels, "
@@ -134,16 +135,26 @@ def receptive(model, layer, keep_gates, as_json, models):
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
 @click.option("--output", default=None, help="Model output for the predicted class (default: the first).")
 @click.option("--out", "out_path", default="onnxplain-out/embedding.npy", show_default=True, type=click.Path(),
-              help="Vectors go to this .npy, the index of file names beside it as .json.")
+              help="Vectors go to this .npy, the index of file names beside it as .json; the job's store "
+                   "(results.parquet, parts, maps) into the folder of the same name without .npy.")
 @model_options(batch_size=32)
-def embed(model, images, layer, output, out_path, models):
-    """One vector per image of IMAGES at LAYER (spatial layers pooled): .npy plus a JSON index."""
-    from ..features.embed import embed as run
-    explainer = models.explainer(model)
-    embedding = run(explainer, list(images), layer, output)
-    files = embedding.save(out_path)
-    click.echo(f"{len(embedding)} x {embedding.vectors.shape[1]} at {embedding.layer} -> {files['vectors']}, "
+@job_options(maps=False, overlays=False)
+def embed(model, images, layer, output, out_path, models, jobs):
+    """One vector per image of IMAGES (files, folders, manifests) at LAYER (spatial layers pooled), streaming
+    as `explain` does: .npy plus a JSON index. Exit 1 when some image failed (one line each on stderr)."""
+    from ..jobs import JobSpec
+    from ..jobs.export import write_embedding
+    from .jobs import finish, run_command_job
+    spec = JobSpec(str(model), (), output=output, embed=layer, preset=models.preset, labels=models.labels,
+                   device=models.device, engine=models.engine, batch_size=models.batch_size or 32,
+                   options=models.explainer_options(), **jobs.spec_fields())
+    store = Path(out_path).with_suffix("") if Path(out_path).suffix in (".npy", ".json") else Path(out_path)
+    report = run_command_job(spec, images, store, jobs)
+    files = write_embedding(store, out_path, spec)
+    index = json.loads(Path(files["index"]).read_text())
+    click.echo(f"{len(index['images'])} x {index['dims']} at {index['layer']} -> {files['vectors']}, "
                f"{files['index']}")
+    finish(report, str(store))
 
 
 @features.command()

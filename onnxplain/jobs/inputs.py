@@ -27,7 +27,8 @@ def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     """Items of a folder (image files under it, sorted), a manifest file, one image, or a list of paths.
 
     Names are relative to the folder, to the manifest's folder, or (for a list) to the deepest folder
-    the paths share.
+    the paths share. A list may hold folders and manifests too: each one's names are then prefixed by its
+    folder relative to the folder all of them share (`cats/a.jpg`, `dogs/a.jpg`).
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -39,7 +40,15 @@ def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             return [Item(str(path), path.name)]
         raise UserError(f"Input '{path}' does not exist; pass a folder of images, a manifest "
                         "(.csv, .jsonl, .parquet with a 'path' column) or image files.")
+    if any(Path(p).is_dir() or Path(p).suffix.lower() in MANIFEST_SUFFIXES for p in source):
+        return _combined([Path(p) for p in source])
     return _named([(str(p), None) for p in source], None)
+
+
+def _combined(sources: Sequence[Path]) -> list[Item]:
+    """Items of several folders, manifests and files, named relative to the folder their roots share."""
+    common = Path(os.path.commonpath([p.resolve() if p.is_dir() else p.resolve().parent for p in sources]))
+    return _named([(i.path, i.target) for source in sources for i in list_inputs(source)], common)
 
 
 def _folder(root: Path) -> list[Item]:

@@ -29,12 +29,14 @@ class JobReport:
 
 def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.PathLike, resume: bool = False,
             shard: tuple[int, int] | str | None = None, threads: int | None = None, flush_every: int = 256,
-            on_flush: Callable[[int], None] | None = None, quiet: bool = True) -> JobReport:
+            on_flush: Callable[[int], None] | None = None, quiet: bool = True,
+            on_batch: Callable[[list[dict]], None] | None = None) -> JobReport:
     """Run `spec` over a folder, manifest or list of paths, streaming into `out` (see store.py for the layout).
 
     Memory holds one batch and at most `flush_every` rows and maps. `resume` skips images whose relative
     path and content hash were already written with the same parameters; `shard=(i, n)` takes the images
     whose name hashes to i of n; `threads` sets onnxruntime's intra-op threads (default: every core).
+    `on_batch` sees each batch's rows before they are stored (the CLI prints error rows and may stop there).
     """
     from ..progress import progress
     items = inputs if _is_items(inputs) else list_inputs(inputs)
@@ -51,6 +53,8 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     def run_batch():
         nonlocal written, errors
         new_rows, new_maps = worker.process([i for i, _ in batch], [b for _, b in batch])
+        if on_batch is not None:
+            on_batch(new_rows)
         rows.extend(new_rows)
         maps.update(new_maps)
         written += len(new_rows)

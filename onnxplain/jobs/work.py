@@ -46,6 +46,9 @@ class JobSpec:
     device: str = "cpu"
     engine: str = "auto"
     batch_size: int = 16
+    alpha: float = 0.5               # overlay opacity and colormap (rendering only: not in the resume key)
+    colormap: str | None = None
+    options: dict = field(default_factory=dict)  # other Explainer options: limits, input_size, resize, order, ...
 
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -59,7 +62,7 @@ class JobSpec:
 
     def params_hash(self) -> str:
         """A digest of everything that changes a result (the model's bytes included, not where it lies)."""
-        settings = {k: v for k, v in self.as_dict().items() if k not in ("model", "device", "batch_size", "overlays")}
+        settings = {k: v for k, v in self.as_dict().items() if k not in ("model", "device", "batch_size", "overlays", "alpha", "colormap")}
         settings["model"] = _file_digest(self.model)
         return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
 
@@ -79,7 +82,7 @@ def build_explainer(spec: JobSpec, threads: int | None = None) -> "Explainer":
         import torch
         torch.set_num_threads(threads)
     return Explainer(spec.model, preprocess=spec.preset, labels=spec.labels, device=spec.device,
-                     batch_size=spec.batch_size, quiet=True, engine=spec.engine, threads=threads)
+                     batch_size=spec.batch_size, quiet=True, engine=spec.engine, threads=threads, **spec.options)
 
 
 def map_key(name: str, method: str, target: str) -> str:
@@ -173,6 +176,7 @@ class Worker:
             heatmap = np.nan_to_num(heatmap, nan=0.0, posinf=0.0, neginf=0.0)
         elif float(heatmap.max()) == float(heatmap.min()):
             warning = "the map is constant: the method found nothing for this target"
+        warning = " ".join(attribution.warnings) or warning  # the method's and the map's own sentences first
         row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
         stored = {"input": attribution.upsampled, "raw": attribution.raw, "original": heatmap}.get(self.spec.maps)
         if stored is not None:
@@ -184,12 +188,11 @@ class Worker:
                 "map_key": key if stored is not None else None, "overlay": overlay}
 
     def _overlay(self, key: str, attribution) -> str:
-        from ..render import write_png
-        relative = Path("overlays") / (key.replace("::", ".") + ".png")
-        path = self.out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_png(path, attribution.overlay())
-        return relative.as_posix()
+        """The per-image files of `Attribution.save` (overlay PNG, heatmap and raw .npy, pictures) under
+        overlays/, named by the key; returns the overlay's path relative to the output folder."""
+        relative = Path("overlays") / key.replace("::", ".")
+        attribution.save(str(self.out / relative), self.spec.alpha, self.spec.colormap)
+        return relative.as_posix() + ".png"
 
 
 def _mass(heatmap: np.ndarray) -> float:

@@ -266,7 +266,7 @@ def test_report_in_headless_chromium(region_model, folder, tmp_path):
 # ---- streaming: the log, thumbnail files, the plan --------------------------------------------------
 def test_audit_streams_to_a_log_and_plans_its_cost_first(region_model, folder, tmp_path, capsys):
     """Records go to audit.log.jsonl as they are made (the report is built from it once), thumbnails to
-    thumbs/*.png; the plan printed first counts forwards: eigen-cam 1 per image, 2 (steps + 1) per curve pair."""
+    thumbs/*.png; the plan printed first counts forwards: eigen-cam 2 per image, 2 (steps + 1) per curve pair."""
     out = tmp_path / "out"
     report = run_audit(region_model, folder, out, AuditOptions(methods=("eigen-cam",), steps=8, sanity_images=1,
                                                                sanity_steps=2), preset="raw01", quiet=False)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import helpers
 import onnxplain
 from onnxplain.cli import main
+from onnxplain.jobs import read_maps
 from real_models import ROOT
 
 CHELSEA, EFFNET, LABELS = (str(ROOT / "models" / n) for n in ("chelsea.jpg", "efficientnet_lite0.onnx",
@@ -119,8 +120,11 @@ def test_explain_writes_overlay_npy_and_json(effnet, tmp_path):
     manifest = json.loads((tmp_path / "explain.json").read_text())
     entry = manifest["explanations"][0]
     assert entry["method"] == "eigen-cam" and entry["target"]["index"] == 282
+    assert entry["files"]["overlay"] == "overlays/chelsea.jpg.eigen-cam.282.png"  # under overlays/, by name
     for key in ("overlay", "heatmap", "raw"):
-        assert (tmp_path / entry["files"][key].split("/")[-1]).exists()
+        assert (tmp_path / entry["files"][key]).exists()
+    stored = read_maps(tmp_path, [entry["map_key"]])[entry["map_key"]]   # the float16 store, at input size
+    assert stored.dtype == np.float16 and stored.shape == (224, 224)
 
 
 # ---- -p KEY=VALUE through the command line ------------------------------------------------------
@@ -152,7 +156,7 @@ def test_occlusion_window_and_stride_from_p(region_model, noise_png, tmp_path, p
     given = dict(p.split("=") for p in params)
     assert entry["params"]["stride"] == list(stride)
     assert entry["params"]["window"] == ([0, 0] if given["window"] == "0" else list(window))
-    raw = np.load(tmp_path / (entry["files"]["raw"].split("/")[-1]))
+    raw = np.load(tmp_path / entry["files"]["raw"])
     explainer = onnxplain.load(region_model, preprocess="raw01", quiet=True)
     expected = explainer.explain(str(noise_png), method="occlusion", target=1, window=window, stride=stride)[0]
     np.testing.assert_array_equal(raw, expected.raw)

@@ -123,7 +123,7 @@ def test_cli_explain_takes_engine(region_model, tmp_path):
         result = runner.invoke(main, ["explain", str(region_model), str(image), "-m", "score-cam", "--preset", "raw01",
                                       "--device", "cpu", "--engine", engine, "--out", str(tmp_path / engine)])
         assert result.exit_code == 0, result.output
-        outs[engine] = np.load(next((tmp_path / engine).glob("*.raw.npy")))
+        outs[engine] = np.load(next((tmp_path / engine).rglob("*.raw.npy")))
     assert rel_err(outs["torch"], outs["ort"]) <= 1e-4
     bad = runner.invoke(main, ["explain", str(region_model), str(image), "--engine", "tvm"])
     assert bad.exit_code == 2
