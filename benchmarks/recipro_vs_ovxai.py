@@ -79,12 +79,16 @@ def compare(name: str, python: Path, path: Path, kind: str, layer: str, rounds: 
         if worker.stdout.readline().strip() != "ready":
             raise SystemExit(f"the OpenVINO-XAI worker failed on {name}")
         theirs()  # warm-up inference
-        times: dict[str, list[float]] = {"ours": [], "ours, every class": [], "OpenVINO-XAI": []}
+        times: dict[str, list[float]] = {"ours": [], "ours, top-5": [], "ours, every class": [], "OpenVINO-XAI": []}
         for _ in range(rounds):
             batch = ex.prepare([image])  # preprocessed outside the timing, as theirs is fed; nothing cached
             start = time.perf_counter()
             one = ex.explain(batch, "recipro-cam", layer=layer, **params)
             times["ours"].append(time.perf_counter() - start)
+            batch = ex.prepare([image])
+            start = time.perf_counter()
+            ex.explain(batch, "recipro-cam", layer=layer, target="top5", **params)
+            times["ours, top-5"].append(time.perf_counter() - start)
             batch = ex.prepare([image])
             start = time.perf_counter()
             every = every_class(ex, batch, layer, params)
@@ -100,6 +104,7 @@ def compare(name: str, python: Path, path: Path, kind: str, layer: str, rounds: 
     for key, value in med.items():
         print(f"  {key:<18} {value * 1000:8.1f} ms per image   (rounds: {', '.join(f'{t * 1000:.0f}' for t in times[key])})")
     print(f"  ours / OpenVINO-XAI              = {med['ours'] / med['OpenVINO-XAI']:.2f}x (target <= 1.0)")
+    print(f"  ours top-5 / ours one target     = {med['ours, top-5'] / med['ours']:.2f}x (target <= 1.1)")
     print(f"  ours every class / OpenVINO-XAI  = {med['ours, every class'] / med['OpenVINO-XAI']:.2f}x")
     error = np.abs(ours_maps - maps).max() / np.abs(maps).max()
     print(f"  maps (every class): max |ours - theirs| / max |theirs| = {error:.1e}")
