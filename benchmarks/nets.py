@@ -96,3 +96,46 @@ def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lam
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        # constant reshapes (no Shape of x): OpenVINO-XAI's ViT recipro-cam wants x read by the norm and the add only
+        head = self.qkv.in_features // self.heads
+        qkv = self.qkv(self.norm1(x)).unflatten(-1, (3, self.heads, head)).permute(2, 0, 3, 1, 4)
+        attention = (qkv[0] @ qkv[1].transpose(-2, -1) * head ** -0.5).softmax(-1)
+        x = x + self.proj((attention @ qkv[2]).transpose(1, 2).flatten(2))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """ViT-B/16 layout: 16x16 patches, class token, learned positions, 12 blocks of width 768, final norm,
+    linear head on the class token."""
+
+    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, classes: int = 1000, size: int = 224):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 16, 16)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, (size // 16) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], 1) + self.pos
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+def vit_b16() -> ViT:
+    """A ViT-B/16-shaped network with seeded random weights (eval mode)."""
+    torch.manual_seed(0)
+    return ViT().eval()

@@ -9,7 +9,7 @@ Runs alternate (ours incremental, ours plain, captum) `--repeats` times; medians
 1-minute load average, since the machine is shared. Targets (issue 23): incremental >= 3x faster than
 captum and >= 1.6x faster than plain on ResNet-18; the approximate mode's error is printed too.
 
-    python benchmarks/occlusion_incremental.py [--repeats 2] [--batch 32] [--skip-effnet]
+    python benchmarks/occlusion_incremental.py [--repeats 2] [--batch 32] [--skip-effnet] [--skip-resnet]
 """
 from __future__ import annotations
 
@@ -86,15 +86,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--skip-effnet", action="store_true")
+    parser.add_argument("--skip-resnet", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     image = data.chelsea()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU count {os.cpu_count()}")
-    with tempfile.TemporaryDirectory() as folder:
-        model = resnet18()
-        path = export(model, Path(folder) / "resnet18.onnx")
-        ex = onnxplain.Explainer(path, preprocess="imagenet", device="cpu", quiet=True, batch_size=args.batch)
-        compare("ResNet-18 layout", ex, model, image, args.repeats, args.batch)
+    if not args.skip_resnet:
+        with tempfile.TemporaryDirectory() as folder:
+            model = resnet18()
+            path = export(model, Path(folder) / "resnet18.onnx")
+            ex = onnxplain.Explainer(path, preprocess="imagenet", device="cpu", quiet=True, batch_size=args.batch)
+            compare("ResNet-18 layout", ex, model, image, args.repeats, args.batch)
     if not args.skip_effnet:
         ex = onnxplain.Explainer(MODELS / "efficientnet_lite0.onnx", device="cpu", quiet=True,
                                  batch_size=args.batch)

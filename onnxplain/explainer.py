@@ -316,8 +316,8 @@ class Explainer:
                 **params) -> list[Attribution]:
         """Explain each image for its target(s) with one method; one Attribution per image and target.
 
-        `target`: predicted | INDEX | topK | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel]
-        (original pixels) | a Target | a callable on the outputs dict | a list with one of these per image.
+        `target`: predicted | INDEX | topK | all (every class) | class name | box:x1,y1,x2,y2[:class] |
+        region:x1,y1,x2,y2[:channel] (original pixels) | a Target | a callable on the outputs dict | a list with one of these per image.
         `output` picks the model output by name (default: the first); `box_layout` describes detector rows.
         """
         if not isinstance(method, str):
@@ -333,7 +333,8 @@ class Explainer:
         layer_name = self.model.resolve_layer(layer, output) if cls.uses_layer and not auto else None
         if layer_name is not None and cls.engine == "ort":
             self.model.spatial_info(layer_name)
-        outputs = self.forward(batch)
+        # a named layer of an onnxruntime method comes with the same forward, not a second one
+        outputs = self.forward(batch, [layer_name] if layer_name is not None and cls.engine == "ort" else [])
         context = Context(outputs, output, self.labels, probability, batch.pixel_maps, batch.hw,
                           box_layout or (info.box_layout if info is not None and info.box_layout else BoxLayout()),
                           kind=info.kind if info is not None else "", normalised=bool(info and info.normalised),
@@ -353,8 +354,9 @@ class Explainer:
         else:
             raw = self._run_method(cls(method_params), work, flat_targets, layer_name)
         extras = [{**e, "auto_layer": why} if why else e for e in raw.extras]
-        return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], extras[i], output)
-                for i, t in enumerate(flat_targets)]
+        valid = {j: batch.pixel_maps[j].valid_original() for j in set(index)}  # once per image, not per target
+        return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], extras[i], output,
+                                  valid[index[i]]) for i, t in enumerate(flat_targets)]
 
     def check_cost(self, method: str, params: dict | None = None, layer: str | None = "auto",
                    output: str | None = None) -> int:
@@ -404,12 +406,14 @@ class Explainer:
             raise
 
     def _attribution(self, cls: type[Method], params: Any, batch: Prepared, i: int, target: Target,
-                     layer: str | None, raw: np.ndarray, extras: dict, output: str) -> Attribution:
+                     layer: str | None, raw: np.ndarray, extras: dict, output: str,
+                     valid: np.ndarray | None = None) -> Attribution:
         import cv2
         warn_nonfinite(f"Method '{cls.name}''s map of '{batch.names[i]}'", raw)
         h, w = batch.hw
         upsampled = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR) if raw.shape != (h, w) else raw
-        valid = batch.pixel_maps[i].valid_original()  # outside the crop the model saw nothing: no value there
+        if valid is None:  # outside the crop the model saw nothing: no value there
+            valid = batch.pixel_maps[i].valid_original()
         heatmap = np.where(valid, batch.pixel_maps[i].to_original(upsampled), 0).astype(np.float32)
         extras = dict(extras)
         warnings = tuple(extras.pop("warnings", ())) + tuple(map_warnings(raw))  # the method's, then the map's

@@ -219,7 +219,7 @@ def resolve_one(spec: TargetSpec, context: Context, i: int) -> list[Target]:
 
 
 def class_targets(text: str, context: Context, i: int) -> list[ClassTarget]:
-    """predicted | top1 | topK | INDEX | class name, on a classification output."""
+    """predicted | top1 | topK | all | INDEX | class name, on a classification output."""
     value = context.outputs[context.output]
     row = value[i].reshape(-1)
     classes = row.shape[0]
@@ -235,6 +235,8 @@ def class_targets(text: str, context: Context, i: int) -> list[ClassTarget]:
 
     if text in ("predicted", "top1"):
         return [make(int(np.argmax(row)))]
+    if text == "all":  # every class, in index order
+        return [make(j) for j in range(classes)]
     if re.fullmatch(r"-?\d+", text):
         return [make(int(text))]
     match = re.fullmatch(r"top(\d+)", text)
@@ -247,7 +249,7 @@ def class_targets(text: str, context: Context, i: int) -> list[ClassTarget]:
         return [make(int(j)) for j in np.argsort(-row)[:k]]
     if labels and text in labels:
         return [make(list(labels).index(text))]
-    raise TargetError(f"Cannot read target '{text}'; use predicted, a class index, topK, a class name, "
+    raise TargetError(f"Cannot read target '{text}'; use predicted, a class index, topK, all, a class name, "
                       "box:x1,y1,x2,y2[:class] or region:x1,y1,x2,y2[:channel].")
 
 

@@ -14,7 +14,7 @@ from .jobs import JobOptions, job_options
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--method", "-m", default="grad-cam", show_default=True, help="Method name(s), comma separated.")
 @click.option("--target", "-t", default="predicted", show_default=True,
-              help="predicted | INDEX | topK | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel] "
+              help="predicted | INDEX | topK | all | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel] "
                    "(a manifest's `target` column overrides it per image).")
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
 @click.option("--output", default=None, help="Model output to explain (default: the first).")

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import register
-from .base import Method, RawMaps
-from .perturb import layer_activations, tail_scores
+from .base import MultiTargetMethod, RawMaps
+from .perturb import image_score, layer_activations, tail_scores_many
 
 EPS = 1e-12  # keeps (y - y_k) / y finite when the target score is exactly zero
 
 
 @register
-class AblationCAM(Method):
+class AblationCAM(MultiTargetMethod):
     """w_k = (y - y_k) / y, with y_k the target score when channel k of the layer is zeroed; map relu(sum w_k A_k).
 
     Zeroing follows the paper (pytorch-grad-cam instead pushes layers with negative values far below
@@ -36,13 +36,13 @@ class AblationCAM(Method):
         keep = getattr(params, "channels", None)
         return 1 + (min(channels, keep) if isinstance(keep, int) and keep > 0 else channels)
 
-    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+    def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         raw, info, acts = layer_activations(context, batch, layer)
         axis = 1 if info.layout == "NCHW" else raw.ndim - 1  # channel axis in the tensor's own layout
         full = context.forward(batch)
         maps, extras = [], []
-        for i, target in enumerate(targets):
-            y = float(np.asarray(target.score({k: v[i:i + 1] for k, v in full.items()}))[0])
+        for i, image_targets in enumerate(targets):
+            ys = np.array([image_score(t, full, i) for t in image_targets])
             live = np.flatnonzero(np.any(acts[i] != 0, axis=(1, 2)))
 
             def make(rows: slice) -> np.ndarray:
@@ -53,12 +53,12 @@ class AblationCAM(Method):
                 variants[tuple(index)] = 0
                 return variants
 
-            ablated = np.full(len(acts[i]), y)
-            ablated[live] = tail_scores(context, batch, i, layer, target, len(live), make,
-                                        desc=f"ablation-cam {i + 1}/{len(targets)}")
-            denominator = y if abs(y) > EPS else (EPS if y >= 0 else -EPS)
-            weights = (y - ablated) / denominator
-            cam = np.einsum("k,khw->hw", weights, acts[i].astype(np.float64))
-            maps.append(np.maximum(cam, 0) if self.params.relu else cam)
-            extras.append({"score": y, "forwards": len(live)})
+            ablated = np.repeat(ys[:, None], len(acts[i]), axis=1)  # (targets, channels)
+            ablated[:, live] = tail_scores_many(context, batch, i, layer, image_targets, len(live), make,
+                                                desc=f"ablation-cam {i + 1}/{len(targets)}")
+            for y, row in zip(ys, ablated):
+                denominator = y if abs(y) > EPS else (EPS if y >= 0 else -EPS)
+                cam = np.einsum("k,khw->hw", (y - row) / denominator, acts[i].astype(np.float64))
+                maps.append(np.maximum(cam, 0) if self.params.relu else cam)
+                extras.append({"score": float(y), "forwards": len(live)})
         return RawMaps(np.stack(maps), extras)

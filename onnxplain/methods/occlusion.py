@@ -17,7 +17,7 @@ from .baselines import baseline
 from .incremental import describe, incremental_outputs, occlusion_plan
 from .incremental_plan import Plan
 from .layout import channels_first_np
-from .perturb import SCORES, choose, chunk_size, image_score, pair, run_chunks, with_score
+from .perturb import SCORES, choose, chunk_size, image_score, pair, run_chunks, scores_of, with_score
 
 if TYPE_CHECKING:
     from ..images import Prepared
@@ -186,7 +186,7 @@ class Occlusion(MultiTargetMethod):
             runs = run_chunks(context, chunks, len(chunks), occluded, outputs, desc)
         scores, activations, classes, neurons = [], [], [], []
         for _, out in runs:
-            scores.append([np.asarray(t.score(out), np.float64) for t in targets])
+            scores.append(scores_of(targets, out))
             if act_info:
                 activations.append(tensor_channels(out[act_info.name], act_info))
             if neuron:

@@ -7,11 +7,14 @@ input buffer stays small and warm.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
+import onnx
 
 from ..errors import MethodError
+from ..numeric import softmax
 from ..progress import progress
 from ..targets import ClassTarget, Target
 from .layout import channels_first_np
@@ -70,10 +73,17 @@ def layer_activations(context: "MethodContext", batch: "Prepared", layer: str
 def input_scores(context: "MethodContext", target: Target, count: int, row_bytes: int,
                  make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
     """Target scores of `count` perturbed inputs built chunk by chunk by `make(rows)` and run through the model."""
+    return input_scores_many(context, [target], count, row_bytes, make, desc)[0]
+
+
+def input_scores_many(context: "MethodContext", targets: Sequence[Target], count: int, row_bytes: int,
+                      make: Callable[[slice], np.ndarray], desc: str) -> np.ndarray:
+    """(targets, count) scores of every target from one run of the perturbed inputs (see `input_scores`)."""
     slices = chunks(count, row_bytes, context.runtime.batch_size)
-    scores = [np.asarray(target.score(context.run(make(rows))), np.float64)
-              for rows in progress(slices, desc=desc, quiet=context.quiet or len(slices) < 4, unit="batch")]
-    return np.concatenate(scores) if scores else np.zeros(0)
+    scores = []
+    for rows in progress(slices, desc=desc, quiet=context.quiet or len(slices) < 4, unit="batch"):
+        scores.append(scores_of(targets, context.run(make(rows))))
+    return np.concatenate(scores, axis=1) if scores else np.zeros((len(targets), 0))
 
 
 def tail_scores(context: "MethodContext", batch: "Prepared", index: int, layer: str, target: Target, count: int,
@@ -93,14 +103,62 @@ def tail_scores_many(context: "MethodContext", batch: "Prepared", index: int, la
     row = context.forward(batch, [layer])[layer][index]
     scores = []
     slices = chunks(count, row.nbytes, runtime.batch_size)
+    rows_max = max((s.stop - s.start for s in slices), default=0)
+    # each image's crossing values repeated once for all chunks (contiguous: onnxruntime copies nothing);
+    # a tensor the tail reads only through Shape gets an untouched buffer of its shape
+    repeated = {name: _repeated(value[index:index + 1], rows_max, name in _shape_only(runtime, cut.crossing))
+                for name, value in crossing.items()}
     for rows in progress(slices, desc=desc, quiet=context.quiet or len(slices) < 4, unit="batch"):
         variants = make(rows)
-        feeds = {cut.at: variants}
-        for name, value in crossing.items():
-            feeds[name] = np.broadcast_to(value[index:index + 1], (len(variants),) + value.shape[1:])
-        out = runtime.run(feeds)
-        scores.append([np.asarray(t.score(out), np.float64) for t in targets])
+        feeds = {cut.at: variants, **{name: value[:len(variants)] for name, value in repeated.items()}}
+        scores.append(scores_of(targets, runtime.run(feeds)))
     return np.concatenate(scores, axis=1) if scores else np.zeros((len(targets), 0))
+
+
+def scores_of(targets: Sequence[Target], outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """(targets, rows) float64 scores; class targets reading one output the same way share one softmax and one
+    gather, so `all` (every class) costs about what one target does."""
+    result = np.empty((len(targets), len(next(iter(outputs.values())))))
+    groups: dict[tuple, list[int]] = {}
+    for k, t in enumerate(targets):
+        if type(t) is ClassTarget:
+            groups.setdefault((t.output, t.probability and not t.normalised), []).append(k)
+        else:
+            result[k] = np.asarray(t.score(outputs), np.float64)
+    for (output, probability), rows in groups.items():
+        value = outputs[output]
+        flat = value.reshape(len(value), -1)
+        if probability:
+            flat = softmax(flat, axis=1)
+        result[rows] = flat[:, [targets[k].index for k in rows]].T
+    return result
+
+
+def _repeated(row: np.ndarray, count: int, shape_only: bool) -> np.ndarray:
+    """`row` (1, ...) repeated `count` times as one contiguous array; uninitialised when only its shape is read."""
+    if shape_only:
+        return np.empty((count,) + row.shape[1:], row.dtype)  # fresh pages are never touched: no cost
+    return np.repeat(row, count, axis=0)
+
+
+_SHAPE_ONLY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _shape_only(runtime: Any, names: Sequence[str]) -> frozenset[str]:
+    """The tail inputs among `names` that the tail's graph reads only through Shape ops (the input's batch
+    size in a Reshape, typically), found once per tail runtime."""
+    if runtime not in _SHAPE_ONLY:
+        graph = runtime.proto.graph if getattr(runtime, "proto", None) is not None else None
+        readers: dict[str, set[str]] = {name: set() for name in names}
+        nested = graph is None or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                      for node in graph.node for a in node.attribute)
+        for node in () if nested else graph.node:  # subgraphs may read any outer tensor: then none is shape-only
+            for name in node.input:
+                if name in readers:
+                    readers[name].add(node.op_type)
+        outputs = set() if nested else {o.name for o in graph.output}
+        _SHAPE_ONLY[runtime] = frozenset(n for n, ops in readers.items() if ops == {"Shape"} and n not in outputs)
+    return _SHAPE_ONLY[runtime]
 
 
 def with_score(target: Target, kind: str) -> Target:

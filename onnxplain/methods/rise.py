@@ -8,8 +8,8 @@ import numpy as np
 
 from ..errors import MethodError
 from . import register
-from .base import Method, RawMaps
-from .perturb import SCORES, choose, chunk_size, run_chunks, with_score
+from .base import MultiTargetMethod, RawMaps
+from .perturb import SCORES, choose, chunk_size, run_chunks, scores_of, with_score
 from .resample import half_pixel_resize_matrix
 
 
@@ -36,7 +36,7 @@ MASK_BYTES = 2**30  # most memory the coarse mask grids of one call may take
 
 
 @register
-class Rise(Method):
+class Rise(MultiTargetMethod):
     """sum_i score(x * M_i) M_i / (n p), with a control variate by default.
 
     Each mask is a random s x s binary grid, bilinearly upsampled to (s + 1) x cell pixels
@@ -66,29 +66,31 @@ class Rise(Method):
             raise MethodError(f"Method 'rise' with n={p.n} and grid={p.grid} needs {p.n * p.grid ** 2 * 4 / 2**30:.1f} "
                               "GiB of coarse masks, over 1 GiB; lower n or grid.")
 
-    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+    def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         self.validate(batch.hw)
         masks = RiseMasks(batch.hw, self.params.n, self.params.grid, self.params.p, self.params.seed)
         n, step = self.params.n, chunk_size(context)
         outputs = list(context.runtime.output_names)
         maps = []
-        for i, target in enumerate(targets):
-            target = with_score(target, self.params.score)
+        for i, image_targets in enumerate(targets):
+            image_targets = [with_score(t, self.params.score) for t in image_targets]
             x = batch.x[i][None]
             chunks = (masks.make(s, min(s + step, n)) for s in range(0, n, step))
 
             def masked(m: np.ndarray, x=x) -> np.ndarray:
                 return x * batch.spatial_mask(m)
 
-            weighted, coverage, scores = np.zeros(batch.hw), np.zeros(batch.hw), []
+            # (targets, H*W) sums of score x mask: float64, the size of the maps themselves
+            weighted, coverage, scores = np.zeros((len(image_targets), masks.pixels)), np.zeros(batch.hw), []
             for chunk, out in run_chunks(context, chunks, math.ceil(n / step), masked, outputs,
                                          f"{self.name} {i + 1}/{len(batch)}"):
-                scores.append(np.asarray(target.score(out), np.float64))
-                weighted += (scores[-1].astype(np.float32) @ chunk.reshape(len(chunk), -1)).reshape(batch.hw)
+                scores.append(scores_of(image_targets, out))
+                weighted += scores[-1].astype(np.float32) @ chunk.reshape(len(chunk), -1)
                 coverage += chunk.sum(0)
-            maps.append(saliency(weighted, coverage, np.concatenate(scores), self.params.p,
-                                 self.params.control_variate))
-        return RawMaps(np.stack(maps))
+            scores = np.concatenate(scores, axis=1)
+            maps.extend(saliency(w.reshape(batch.hw), coverage, s, self.params.p, self.params.control_variate)
+                        for w, s in zip(weighted, scores))
+        return RawMaps(np.stack(maps), [{"forwards": n} for _ in maps])
 
 
 def saliency(weighted: np.ndarray, coverage: np.ndarray, scores: np.ndarray, p: float,
@@ -116,6 +118,7 @@ class RiseMasks:
     def __init__(self, hw: tuple[int, int], n: int, grid: int, p: float, seed: int):
         rng = np.random.default_rng(seed)
         self.hw = hw
+        self.pixels = hw[0] * hw[1]
         self.grids = (rng.random((n, grid, grid)) < p).astype(np.float32)
         cells = [math.ceil(side / grid) for side in hw]
         self.shifts = [rng.integers(0, cell, n) for cell in cells]

@@ -8,9 +8,9 @@ import numpy as np
 
 from ..numeric import softmax
 from . import register
-from .base import Method, RawMaps
+from .base import MultiTargetMethod, RawMaps
 from .baselines import baseline
-from .perturb import choose, input_scores, layer_activations, optional_count
+from .perturb import choose, input_scores_many, layer_activations, optional_count
 from .resample import align_corners_resize_matrix
 
 
@@ -50,7 +50,7 @@ def distinct_masks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register
-class ScoreCAM(Method):
+class ScoreCAM(MultiTargetMethod):
     """Channel weights from how well each channel, used as an input mask, keeps the target's score.
 
     Weights are the softmax over channels of the masked inputs' target scores, as pytorch-grad-cam
@@ -73,13 +73,13 @@ class ScoreCAM(Method):
         keep = getattr(params, "channels", None)
         return 1 + (min(channels, keep) if isinstance(keep, int) and keep > 0 else channels)
 
-    def explain(self, context, batch, targets, layer=None) -> RawMaps:
+    def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         keep = optional_count(self.name, "channels", self.params.channels)
         kind = choose(self.name, "baseline", self.params.baseline, ("zero", "blur"))
         _, _, acts = layer_activations(context, batch, layer)
         size = batch.hw
         maps, extras = [], []
-        for i, target in enumerate(targets):
+        for i, image_targets in enumerate(targets):
             act = acts[i].astype(np.float64)
             order = np.argsort(-act.mean(axis=(1, 2)), kind="stable")
             chosen = np.sort(order[:keep]) if keep else np.arange(len(act))
@@ -98,10 +98,10 @@ class ScoreCAM(Method):
                 out = np.multiply(change, masks, out=buffer[:len(masks)])
                 return out if base is None else np.add(out, base, out=out)
 
-            scores = input_scores(context, target, len(distinct), x.nbytes, make,
-                                  desc=f"score-cam {i + 1}/{len(targets)}")
-            weights = softmax(scores[shared])
-            cam = np.einsum("k,khw->hw", weights, act[chosen])
-            maps.append(np.maximum(cam, 0))
-            extras.append({"channels": len(chosen), "forwards": len(distinct)})
+            scores = input_scores_many(context, image_targets, len(distinct), x.nbytes, make,
+                                       desc=f"score-cam {i + 1}/{len(targets)}")
+            for target_scores in scores:
+                cam = np.einsum("k,khw->hw", softmax(target_scores[shared]), act[chosen])
+                maps.append(np.maximum(cam, 0))
+                extras.append({"channels": len(chosen), "forwards": len(distinct)})
         return RawMaps(np.stack(maps), extras)

@@ -99,7 +99,8 @@ def counted(monkeypatch):
 
 @pytest.mark.parametrize("method, params", [("occlusion", {"window": 8, "stride": 8, "incremental": "false"}),
                                             ("occlusion", {"window": 8, "stride": 8, "incremental": "true"}),
-                                            ("recipro-cam", {})])
+                                            ("recipro-cam", {}), ("ablation-cam", {}), ("score-cam", {}),
+                                            ("rise", {"n": 64, "grid": 4})])
 def test_top3_in_one_pass_equals_single_targets(zoo_exports, counted, method, params):
     """Each class's map of a top-3 run equals its own single-target run (1e-5); top-3 feeds as many rows as one."""
     ex = Explainer(zoo_exports.path("resnet", "legacy17"), preprocess="raw01", device="cpu", quiet=True)
@@ -117,3 +118,24 @@ def test_top3_in_one_pass_equals_single_targets(zoo_exports, counted, method, pa
     for attribution, index in zip(many, classes):
         [one] = ex.explain(x, method, target=index, **params)
         assert np.abs(attribution.raw - one.raw).max() <= 1e-5 * max(np.abs(one.raw).max(), 1e-12)
+
+
+@pytest.mark.parametrize("method, params", [("recipro-cam", {}), ("ablation-cam", {}), ("score-cam", {}),
+                                            ("rise", {"n": 64, "grid": 4, "score": "logit"}),
+                                            ("occlusion", {"window": 8, "stride": 8})])
+def test_all_targets_in_one_pass(zoo_exports, counted, method, params):
+    """Target `all` gives every class's map in class order (each equal to its single-target run, 1e-5) from the
+    rows of one target."""
+    ex = Explainer(zoo_exports.path("resnet", "legacy17"), preprocess="raw01", device="cpu", quiet=True)
+    x = ex.prepare([image(2)])
+    ex.explain(x, method, target=0, **params)
+    start = counted[0]
+    every = ex.explain(x, method, target="all", **params)
+    rows_all = counted[0] - start
+    assert [a.target["index"] for a in every] == list(range(zoo.NUM_CLASSES))
+    start = counted[0]
+    ex.explain(x, method, target=3, **params)
+    assert counted[0] - start == rows_all > 0
+    for index in (0, 3, zoo.NUM_CLASSES - 1):
+        [one] = ex.explain(x, method, target=index, **params)
+        assert np.abs(every[index].raw - one.raw).max() <= 1e-5 * max(np.abs(one.raw).max(), 1e-12)
