@@ -6,7 +6,7 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .writing import dumps, make_dirs, write_bytes, write_text
 

@@ -294,7 +294,7 @@ class Explainer:
     def _predict_structured(self, name: str, output: str, info, value: np.ndarray, top: int) -> Prediction:
         """Decoded text (sequence), the best boxes' classes (detection) or the map's peak (dense map)."""
         if info.kind == "sequence":
-            from .sequence import greedy_decode
+            from .targets.sequence import greedy_decode
             text, steps = greedy_decode(value, self.task.dictionary.value)
             return Prediction(name, output, [(c, self.label(c) if not self.task.dictionary.value else
                                               self.task.dictionary.value[c], float(value[t, c]), float(value[t, c]))
@@ -331,6 +331,9 @@ class Explainer:
         info = self.task.output(output)
         auto = cls.uses_layer and layer in (None, "", "auto")
         layer_name = self.model.resolve_layer(layer, output) if cls.uses_layer and not auto else None
+        why = None
+        if auto and output in self._auto_layers:  # chosen and probed on an earlier call
+            layer_name, why = self._auto_layers[output]
         if layer_name is not None and cls.engine == "ort":
             self.model.spatial_info(layer_name)
         # a named layer of an onnxruntime method comes with the same forward, not a second one
@@ -343,11 +346,9 @@ class Explainer:
         index = [i for i, targets in enumerate(per_image) for _ in targets]
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
         work = batch if len(index) == len(batch) else batch.select(index)
-        why = None
-        if auto:  # chosen (and probed) once per output: the graph decides, later calls reuse it
-            if output not in self._auto_layers:
-                self._auto_layers[output] = autolayer.choose(self, work, output, flat_targets, probe=True)
-            layer_name, why = self._auto_layers[output]
+        if auto and layer_name is None:  # chosen (and probed) once per output: later calls reuse it
+            self._auto_layers[output] = layer_name, why = autolayer.choose(self, work, output, flat_targets,
+                                                                           probe=True)
         self.limits.check_forwards(cls.name, cls.cost(method_params, batch.hw, self._layer_shape(layer_name)))
         if cls.multi_target:  # one set of forwards per image serves all its targets
             raw = self._run_method(cls(method_params), batch, per_image, layer_name, many=True)

@@ -11,7 +11,6 @@ import math
 import torch
 
 from ..errors import UnsupportedModel
-from ..checks import DYNAMIC, refuses
 from ..registry import register
 from .antialias import antialias_axis
 from .common import axis_list, floats, ints

@@ -7,43 +7,16 @@ original-image pixels and bound to each image's model-input geometry when resolv
 """
 from __future__ import annotations
 
-import abc
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import TargetError
-from .numeric import softmax
-
-Outputs = Mapping[str, Any]
-
-
-def _like(array: np.ndarray, reference):
-    """`array` as the same kind (numpy or torch, device, dtype) as `reference`."""
-    if isinstance(reference, np.ndarray):
-        return array.astype(reference.dtype, copy=False)
-    import torch
-    return torch.as_tensor(array, device=reference.device, dtype=reference.dtype)
-
-
-@dataclass(frozen=True)
-class Target(abc.ABC):
-    """Base: a named score read from the outputs."""
-    output: str
-
-    @property
-    def label(self) -> str:
-        return self.output
-
-    @abc.abstractmethod
-    def score(self, outputs: Outputs):
-        """One score per row of the outputs (numpy in, numpy out; torch in, torch out)."""
-
-    def describe(self) -> dict:
-        return {"kind": type(self).__name__, "output": self.output, "label": self.label}
-
+from ..errors import TargetError
+from ..numeric import softmax
+from .base import BoxLayout, Context, Outputs, Target, _like
+from .sequence import sequence_target
 
 @dataclass(frozen=True)
 class ClassTarget(Target):
@@ -66,43 +39,6 @@ class ClassTarget(Target):
 
     def describe(self) -> dict:
         return {**super().describe(), "index": self.index, "name": self.name, "probability": self.probability}
-
-
-@dataclass(frozen=True)
-class BoxLayout:
-    """How a detector's raw output lays out its rows: YOLO-style (cx, cy, w, h, [objectness], class scores...).
-
-    axis: "rows" for (N, boxes, values) or "columns" for (N, values, boxes) (YOLOv8 writes (1, 84, 8400)).
-    box_format: "cxcywh" or "xyxy", in model-input pixels (or normalised to [0, 1] when `normalised`).
-    objectness: whether a confidence column precedes the class scores (YOLOv5).
-    """
-    axis: str = "rows"
-    box_format: str = "cxcywh"
-    objectness: bool = False
-    normalised: bool = False
-    boxes_output: str | None = None  # SSD-style: boxes (N, A, 4) in this output, class scores in the explained one
-
-    def rows(self, value):
-        """(N, boxes, values) whatever the axis order."""
-        rows = value if self.axis == "rows" else value.transpose(1, 2) if not isinstance(value, np.ndarray) \
-            else value.transpose(0, 2, 1)
-        return rows
-
-    def boxes_xyxy(self, rows: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-        """Boxes of one image's rows as x1, y1, x2, y2 in model-input pixels."""
-        b = rows[:, :4].astype(np.float64)
-        if self.box_format == "cxcywh":
-            b = np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
-        if self.normalised:
-            b = b * np.array([input_hw[1], input_hw[0], input_hw[1], input_hw[0]])
-        return b
-
-    def class_scores(self, rows):
-        if self.boxes_output:
-            return rows
-        start = 5 if self.objectness else 4
-        scores = rows[..., start:]
-        return scores * rows[..., 4:5] if self.objectness else scores
 
 
 @dataclass(frozen=True)
@@ -166,21 +102,6 @@ def _softmax(x):
     return x.softmax(dim=1)
 
 
-@dataclass(frozen=True)
-class Context:
-    """What resolving a target may need about the batch: outputs, geometry, labels."""
-    outputs: Mapping[str, np.ndarray]
-    output: str
-    labels: Sequence[str] | None = None
-    probability: bool = False
-    pixel_maps: Sequence[Any] = ()       # images.PixelMap per image (original -> model input)
-    input_hw: tuple[int, int] = (0, 0)
-    box_layout: BoxLayout = field(default_factory=BoxLayout)
-    kind: str = ""                   # the output's kind (task.OutputInfo.kind); "" when not known
-    normalised: bool = False         # the output already holds probabilities
-    dictionary: Sequence[str] | None = None  # a text recogniser's classes (CTC blank at 0)
-
-
 TargetSpec = Any  # "predicted" | int | "topK" | name | "box:..." | "region:..." | list per image | Target | callable
 
 
@@ -205,13 +126,12 @@ def resolve_one(spec: TargetSpec, context: Context, i: int) -> list[Target]:
     if text.startswith("region:"):
         return [region_target(text[7:], context, i)]
     if text.startswith("char:") or (text == "predicted" and context.kind == "sequence"):
-        from .sequence import sequence_target
         return [sequence_target(text, context, i)]
     if text == "predicted" and context.kind in ("detection rows", "detection scores"):
         return [box_target("#0", context, i)]
     if text == "predicted" and context.kind == "dense map":
         return [predicted_region(context, i)]
-    from .task import FITTING
+    from ..task import FITTING
     if context.kind in FITTING:
         raise TargetError(f"Output '{context.output}' holds {context.kind}, not class scores, so target '{text}' "
                           f"does not fit; use {FITTING[context.kind]}.")

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import TargetError
-from .targets import Context, Outputs, Target
+from ..errors import TargetError
+from .base import Context, Outputs, Target
 
 
 def greedy_decode(scores: np.ndarray, dictionary: Sequence[str] | None, blank: int = 0
