@@ -317,8 +317,10 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
               options: AuditOptions | None = None, compare: str | os.PathLike | None = None,
               boxes: str | os.PathLike | None = None, thresholds: Sequence[Threshold] = (),
               preset: str | None = None, labels: str | os.PathLike | None = None, device: str = "auto",
-              limit: int | None = None, quiet: bool = False) -> dict:
+              limit: int | None = None, quiet: bool = False, explainer_options: dict | None = None) -> dict:
     """Audit MODEL on a folder of images; writes `audit.html` and `audit.json` into `out` and returns the report.
+
+    `explainer_options` are further Explainer keywords (input_size, resize, order, layout, detector).
 
     Everything a user can get wrong (paths, methods, layer, boxes, thresholds) is checked before the first
     image, so such an error writes nothing; after that, an interrupt (Ctrl-C) still writes what is done,
@@ -346,7 +348,8 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
         if gate.method and gate.method not in options.methods:
             raise UserError(f"Threshold names method '{gate.method}', which is not audited (--methods).")
     box_map = load_boxes(boxes) if boxes is not None else None
-    explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet)
+    explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet,
+                          **(explainer_options or {}))
     if any(registry.get(m).uses_layer for m in options.methods):
         explainer.model.resolve_layer(options.layer)
     torch_methods = [m for m in options.methods if registry.get(m).engine == "torch"]

@@ -66,7 +66,7 @@ def audit_command(ctx, model, images_dir, methods, compare, boxes, out_dir, fail
     try:
         report = run_audit(model, images_dir, out, options, compare=compare, boxes=boxes, thresholds=thresholds,
                            preset=models.preset, labels=models.labels, device=models.device, limit=limit,
-                           quiet=progress.QUIET)
+                           quiet=progress.QUIET, explainer_options=models.task_options())
     except KeyboardInterrupt:
         click.echo(f"interrupted: the partial report is in {out / 'audit.html'}", err=True)
         ctx.exit(130)
