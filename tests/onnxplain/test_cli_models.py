@@ -277,7 +277,7 @@ def static_batch(tmp_path_factory):
 MODELS = {"ppocr-rec": real_models.ppocr_rec, "ppocr-det": real_models.ppocr_det,
           "ppocr-cls": real_models.ppocr_cls, "pnet": lambda: real_models.mtcnn_onnx("pnet"),
           "rnet": lambda: real_models.mtcnn_onnx("rnet"), "onet": lambda: real_models.mtcnn_onnx("onet")}
-KINDS = {"ppocr-rec": "sequence", "ppocr-det": "dense map", "ppocr-cls": "class logits", "pnet": "dense map",
+KINDS = {"ppocr-rec": "sequence", "ppocr-det": "dense map", "ppocr-cls": "probabilities", "pnet": "dense map",
          "rnet": "probabilities", "onet": "probabilities", "yolo": "detection rows", "static": "class logits"}
 
 
