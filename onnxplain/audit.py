@@ -329,8 +329,10 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
               options: AuditOptions | None = None, compare: str | os.PathLike | None = None,
               boxes: str | os.PathLike | None = None, thresholds: Sequence[Threshold] = (),
               preset: str | None = None, labels: str | os.PathLike | None = None, device: str = "auto",
-              limit: int | None = None, quiet: bool = False, limits: dict | None = None) -> dict:
+              limit: int | None = None, quiet: bool = False, explainer_options: dict | None = None) -> dict:
     """Audit MODEL on a folder of images; writes `audit.html` and `audit.json` into `out` and returns the report.
+
+    `explainer_options` are further Explainer keywords (input_size, resize, order, layout, detector).
 
     Everything a user can get wrong (paths, methods, layer, boxes, thresholds) is checked before the first
     image, so such an error writes nothing; after that, an interrupt (Ctrl-C) still writes what is done,
@@ -360,7 +362,8 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
         if gate.method and gate.method not in options.methods:
             raise UserError(f"Threshold names method '{gate.method}', which is not audited (--methods).")
     box_map = load_boxes(boxes) if boxes is not None else None
-    explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet, **(limits or {}))
+    explainer = Explainer(model, preprocess=preset, labels=labels, device=device, quiet=quiet,
+                          **(explainer_options or {}))
     explainer.limits.check_forwards("deletion/insertion", 2 * (options.steps + 1))
     if any(registry.get(m).uses_layer for m in options.methods):
         explainer.model.resolve_layer(options.layer)
@@ -369,8 +372,9 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
         explainer.module  # noqa: B018 - converts now: a model the converter cannot take fails before any work
     other = None
     if compare is not None:
+        same = {k: v for k, v in (explainer_options or {}).items() if k != "input_size"}  # the size: the first's
         other = Explainer(compare, preprocess=explainer.preprocess, labels=explainer.labels, device=device,
-                          quiet=quiet, input_size=explainer.model.probe_size, **(limits or {}))
+                          quiet=quiet, input_size=explainer.model.probe_size, **same)
         _same_classes(explainer, other)
     with transaction(rollback_on=(UserError,)):  # a refusal mid-way (the plan's included) leaves nothing behind
         root = Path(images) if Path(images).is_dir() else Path(images).parent

@@ -328,7 +328,6 @@ class Explainer:
         method_params = cls.make_params(**params)
         batch = self.prepare(images)
         output = self.output_name(output)
-        info = self.task.output(output)
         auto = cls.uses_layer and layer in (None, "", "auto")
         layer_name = self.model.resolve_layer(layer, output) if cls.uses_layer and not auto else None
         why = None
@@ -337,12 +336,8 @@ class Explainer:
         if layer_name is not None and cls.engine == "ort":
             self.model.spatial_info(layer_name)
         # a named layer of an onnxruntime method comes with the same forward, not a second one
-        outputs = self.forward(batch, [layer_name] if layer_name is not None and cls.engine == "ort" else [])
-        context = Context(outputs, output, self.labels, probability, batch.pixel_maps, batch.hw,
-                          box_layout or (info.box_layout if info is not None and info.box_layout else BoxLayout()),
-                          kind=info.kind if info is not None else "", normalised=bool(info and info.normalised),
-                          dictionary=self.task.dictionary.value)
-        per_image = resolve(target, context)
+        exposed = [layer_name] if layer_name is not None and cls.engine == "ort" else []
+        per_image = resolve(target, self._context(batch, output, probability, box_layout, exposed))
         index = [i for i, targets in enumerate(per_image) for _ in targets]
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
         work = batch if len(index) == len(batch) else batch.select(index)
@@ -381,6 +376,28 @@ class Explainer:
         if info is None or not info.spatial:
             return None
         return (info.channels,) + tuple(info.hw or (None, None))
+
+    def _context(self, batch: Prepared, output: str, probability: bool = False,
+                 box_layout: BoxLayout | None = None, exposed: Sequence[str] = ()) -> Context:
+        """What resolving a target on `output` needs: the outputs (and `exposed` tensors, from the same
+        forward), geometry, labels and the output's kind."""
+        info = self.task.output(output)
+        return Context(self.forward(batch, exposed), output, self.labels, probability, batch.pixel_maps, batch.hw,
+                       box_layout or (info.box_layout if info is not None and info.box_layout else BoxLayout()),
+                       kind=info.kind if info is not None else "", normalised=bool(info and info.normalised),
+                       dictionary=self.task.dictionary.value)
+
+    def auto_layer(self, images=None, output: str | None = None, target: Any = "predicted") -> tuple[str, str]:
+        """(tensor, why) that explain(layer="auto") uses for `target` on the first image (a fixed noise image
+        when none is given): the auto-layer probe, not only the graph's last spatial tensor."""
+        if images is None:
+            h, w = self.spec.size or self.model.probe_size or (224, 224)
+            images = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        batch = self.prepare(images)
+        batch = batch.select([0]) if len(batch) > 1 else batch
+        output = self.output_name(output)
+        targets = resolve(target, self._context(batch, output))[0]
+        return autolayer.choose(self, batch, output, targets, probe=True)
 
     def explain_bytes(self, image_bytes: bytes, method: str = "grad-cam", **kwargs) -> list[Attribution]:
         """Explain one encoded image (PNG, JPEG, ... as bytes), as a server receives it; never reads a path.

@@ -40,6 +40,7 @@ PRESETS: dict[str, Preprocess] = {
     "caffe": Preprocess(mean=(103.939, 116.779, 123.68), order="BGR"),
     "minus1to1": Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), scale=1 / 255),
     "effnet-lite": Preprocess(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
+    "facenet": Preprocess(mean=(127.5, 127.5, 127.5), std=(128.0, 128.0, 128.0)),  # facenet-pytorch's MTCNN
 }
 
 

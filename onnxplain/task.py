@@ -357,6 +357,8 @@ def classify_output(model: "Model", name: str, task: Task) -> OutputInfo:
 
 def _boxes_output(model: "Model", scores: str, anchors: int) -> str | None:
     """The SSD-style boxes output (N x A x 4) beside a scores output with the same anchor count."""
-    return next((o.name for o in model.outputs if o.name != scores and len(o.shape) == 3
-                 and o.shape[1] == anchors and o.shape[2] == 4), None)
+    def shape(o):  # the probed shape where the declared one is symbolic
+        return model.tensors[o.name].shape if o.name in model.tensors and model.tensors[o.name].shape else o.shape
+    return next((o.name for o in model.outputs if o.name != scores and len(shape(o)) == 3
+                 and shape(o)[1] == anchors and shape(o)[2] == 4), None)
 

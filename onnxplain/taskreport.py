@@ -7,12 +7,17 @@ from .task import understand
 
 if TYPE_CHECKING:
     from .model import Model
-def inspect_task(model: "Model", **options) -> dict:
+    from .task import Task
+
+
+def inspect_task(model: "Model", task: "Task | None" = None, **options) -> dict:
     """For each output its kind, the targets and methods that fit, and what was read vs guessed; never raises
-    on a model onnxruntime can load (what could not be worked out is named under "problems")."""
+    on a model onnxruntime can load (what could not be worked out is named under "problems").
+
+    `task` is the one an Explainer already holds; without it the model is read here with `options`."""
     problems: list[str] = []
     try:
-        task = understand(model, **options)
+        task = task if task is not None else understand(model, **options)
     except Exception as exc:  # noqa: BLE001 - inspect reports, it does not stop
         problems.append(f"the task could not be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
         task = None

@@ -69,7 +69,7 @@ def audit_command(ctx, model, images, methods, compare, boxes, out_dir, fail_und
     try:
         report = run_audit(model, images, out, options, compare=compare, boxes=boxes, thresholds=thresholds,
                            preset=models.preset, labels=models.labels, device=models.device, limit=limit,
-                           quiet=progress.QUIET, limits=models.limits)
+                           quiet=progress.QUIET, explainer_options=models.explainer_options())
     except KeyboardInterrupt:
         click.echo(f"interrupted: the partial report is in {out / 'audit.html'}", err=True)
         ctx.exit(130)

@@ -92,17 +92,29 @@ class LazyGroup(Group):
 # ---- the model options ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelOptions:
-    """What every command that loads a model takes: preprocessing, labels, device, engine, batch size, limits."""
+    """What every command that loads a model takes: preprocessing, labels, device, engine, batch size, limits,
+    and what the model's metadata may lack (input size, resize, colour order, layout, detector box layout)."""
     preset: str | None = None
     labels: str | None = None
     device: str = "auto"
     engine: str = "auto"
     batch_size: int | None = None
+    input_size: str | None = None
+    resize: str | None = None
+    order: str | None = None
+    layout: str | None = None
+    detector: str | None = None
     limits: dict | None = None  # max_pixels, max_forwards, max_output_side (onnxplain.limits)
+
+    def task_options(self) -> dict:
+        """The Explainer keywords for what the metadata lacks (only those given)."""
+        given = {"input_size": self.input_size, "resize": self.resize, "order": self.order, "layout": self.layout,
+                 "detector": self.detector}
+        return {k: v for k, v in given.items() if v is not None}
 
     def explainer_options(self) -> dict:
         """The Explainer keyword arguments beyond preset, labels, device, engine and batch size."""
-        return dict(self.limits or {})
+        return {**self.task_options(), **(self.limits or {})}
 
     def explainer(self, model: str, quiet: bool | None = None) -> Any:
         """The Explainer these options describe (progress bars follow `onnxplain --quiet` unless told)."""
@@ -114,11 +126,11 @@ class ModelOptions:
 
 
 def model_options(engine: bool = False, batch_size: int | None = None) -> Callable:
-    """Decorator: --preset, --labels, --device (and --engine, --batch-size when asked), handed to the
-    command as one `models: ModelOptions` argument."""
+    """Decorator: --preset, --labels, --device, the task options (--input-size, --resize, --order, --layout,
+    --detector) and --engine, --batch-size when asked, handed to the command as one `models: ModelOptions`."""
     options = [
         click.option("--preset", default=None, help="Preprocessing preset (default: model metadata or imagenet)."),
-        click.option("--labels", type=click.Path(), default=None, help="Class names, one per line."),
+        click.option("--labels", type=click.Path(), default=None, help="Class names, one per line (or a JSON list)."),
         click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True),
         click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(1, None),
                      help="Largest image (width x height), checked from its header before decoding."),
@@ -126,6 +138,18 @@ def model_options(engine: bool = False, batch_size: int | None = None) -> Callab
                      help="Most forward passes one explanation of one image may cost (n, steps, windows, ...)."),
         click.option("--max-output-side", default=4096, show_default=True, type=click.IntRange(16, None),
                      help="Longest side of heatmaps and overlays; larger images are scaled down for them."),
+        click.option("--input-size", default=None, metavar="HxW",
+                     help="Model input size where the model's dims are symbolic, e.g. 640x640 or 48x320 "
+                          "(default: the input shape, metadata, or a guess `inspect` names)."),
+        click.option("--resize", default=None, type=click.Choice(["stretch", "crop", "letterbox"],
+                                                                   case_sensitive=False),
+                     help="How images reach the input size (default: metadata or the preset's own)."),
+        click.option("--order", default=None, type=click.Choice(["rgb", "bgr"], case_sensitive=False),
+                     help="Colour order the model expects (default: metadata or the preset's own)."),
+        click.option("--layout", default=None, type=click.Choice(["nchw", "nhwc"], case_sensitive=False),
+                     help="Input layout (default: read from the input's channel dim)."),
+        click.option("--detector", default=None, type=click.Choice(["yolov8", "yolov5", "ssd"], case_sensitive=False),
+                     help="Box layout of a detector's raw output (default: metadata or the output's shape)."),
     ]
     if engine:
         options.append(click.option(
@@ -138,10 +162,11 @@ def model_options(engine: bool = False, batch_size: int | None = None) -> Callab
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
-        def command(*args, preset, labels, device, max_pixels, max_forwards, max_output_side, engine="auto",
-                    batch_size=None, **kwargs):
+        def command(*args, preset, labels, device, input_size, resize, order, layout, detector, max_pixels,
+                    max_forwards, max_output_side, engine="auto", batch_size=None, **kwargs):
             limits = {"max_pixels": max_pixels, "max_forwards": max_forwards, "max_output_side": max_output_side}
-            models = ModelOptions(preset, labels, device, engine, batch_size, limits)
+            models = ModelOptions(preset, labels, device, engine, batch_size, input_size, resize, order, layout,
+                                  detector, limits)
             return func(*args, models=models, **kwargs)
         for option in reversed(options):
             command = option(command)

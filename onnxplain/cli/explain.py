@@ -14,10 +14,12 @@ from .jobs import JobOptions, job_options
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--method", "-m", default="grad-cam", show_default=True, help="Method name(s), comma separated.")
 @click.option("--target", "-t", default="predicted", show_default=True,
-              help="predicted | INDEX | topK | all | class name | box:x1,y1,x2,y2[:class] | region:x1,y1,x2,y2[:channel] "
-                   "(a manifest's `target` column overrides it per image).")
+              help="predicted | INDEX | topK | all | class name | box:x1,y1,x2,y2[:class] | box:#K | "
+                   "region:x1,y1,x2,y2[:channel] | char:K (boxes and regions in image pixels; a manifest's "
+                   "`target` column overrides it per image).")
 @click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
-@click.option("--output", default=None, help="Model output to explain (default: the first).")
+@click.option("--output", default=None, help="Model output to explain (default: chosen by kind, class scores "
+                                              "first; see `onnxplain inspect`).")
 @param_option("stride=8")
 @click.option("--out", "out_dir", default=OUT_DEFAULT, show_default=True, type=click.Path())
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity.")
@@ -32,7 +34,8 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, layer
     `target` column) with one or more methods, streaming into --out: results.parquet, float16 maps, overlays
     and, up to 1000 images, explain.json. A bad image is an error row (one line on stderr) and the run goes on.
 
-    Exit codes: 0 every image explained, 1 some image failed, 2 a usage error.
+    A map that is all zero, constant or non-finite is still written, with a warning on stderr and in
+    explain.json. Exit codes: 0 every image explained, 1 some image failed, 2 a usage error.
     """
     from ..errors import MethodError, UserError
     from ..jobs import JobSpec
@@ -41,6 +44,7 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, layer
     from ..render import check_colormap
     from ..writing import check_out, write_json
     from .jobs import finish, run_command_job
+    from .inspect import prediction_lines
     params = parse_pairs(param, "stride=8", MethodError)
     names = tuple(dict.fromkeys(m.strip() for m in method.split(",") if m.strip()))
     if colormap is not None:
@@ -59,9 +63,15 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, layer
                    "(onnxplain.jobs.read_results).")
     else:
         write_json(out / "explain.json", manifest)
+        for prediction in manifest.get("predictions", []):
+            for line in prediction_lines(prediction):
+                click.echo(line)
         for entry in manifest["explanations"]:
             shown = out / entry["files"]["overlay"] if "overlay" in entry["files"] else entry["map_key"]
-            click.echo(f"{entry['method']:<16} {entry['image']} -> {shown}")
+            label = entry.get("target", {}).get("label", "")
+            click.echo(f"{entry['method']:<16} {entry['image']} [{label}] -> {shown}")
+            for warning in entry.get("warnings", []):
+                click.echo(f"warning: {entry['method']} on {entry['image']} [{label}]: {warning}", err=True)
         if not manifest["explanations"] and not manifest["errors"]:
             raise UserError("Nothing was explained; check the images and the target.")
     finish(report, str(out))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,14 @@ def build_explainer(spec: JobSpec, threads: int | None = None) -> "Explainer":
         torch.set_num_threads(threads)
     return Explainer(spec.model, preprocess=spec.preset, labels=spec.labels, device=spec.device,
                      batch_size=spec.batch_size, quiet=True, engine=spec.engine, threads=threads, **spec.options)
+
+
+def target_tag(target: dict) -> str:
+    """The part of keys and file names that names the target: a class index, or its label made file-safe."""
+    if "index" in target and target.get("kind") == "ClassTarget":
+        return str(target["index"])
+    label = str(target.get("label", "target"))
+    return re.sub(r"[^\w.-]+", "-", label, flags=re.ASCII).strip("-.") or "target"
 
 
 def map_key(name: str, method: str, target: str) -> str:
@@ -167,7 +176,7 @@ class Worker:
     def _summary(self, name: str, attribution, maps: dict) -> dict:
         """One method's result on one image: peak (original pixels), mass, a warning; its map goes to `maps`."""
         target = attribution.target
-        tag = str(target.get("index", target.get("label", "target")))
+        tag = target_tag(target)
         key = map_key(name, attribution.method, tag)
         heatmap = attribution.heatmap
         warning = None

@@ -189,8 +189,11 @@ def box_target(text: str, context: Context, i: int) -> BoxTarget:
                           "(N, boxes, values); choose the detector's raw output with --output.")
     rows = layout.rows(value)[i]
     scores = layout.class_scores(rows)
-    boxes_of = (lambda r: context.outputs[layout.boxes_output][i][r]) if layout.boxes_output else \
-        (lambda r: layout.boxes_xyxy(rows[r], context.input_hw))
+    if layout.boxes_output:
+        ssd = ssd_boxes(context.outputs[layout.boxes_output][i], layout, context.input_hw)
+        boxes_of = lambda r: ssd[r]  # noqa: E731
+    else:
+        boxes_of = lambda r: layout.boxes_xyxy(rows[r], context.input_hw)  # noqa: E731
     if scores.shape[-1] < 1:
         raise TargetError(f"Output '{context.output}' rows have no class scores after the box columns.")
     spec, _, cls = text.partition(":")
@@ -211,6 +214,15 @@ def box_target(text: str, context: Context, i: int) -> BoxTarget:
     if not 0 <= index < scores.shape[-1]:
         raise TargetError(f"Box class {index} is out of range: the detector has {scores.shape[-1]} classes.")
     return BoxTarget(context.output, row=row, index=index, layout=layout, box=tuple(float(b) for b in box))
+
+
+def ssd_boxes(boxes, layout: BoxLayout, input_hw: tuple[int, int]) -> np.ndarray:
+    """One image's SSD-style boxes (A, 4, x1 y1 x2 y2) in model-input pixels; boxes whose values all lie in
+    [0, 1] are normalised (as most SSD exports write them) and are scaled to the input size."""
+    boxes = np.asarray(boxes, np.float64)
+    if layout.normalised or (boxes.size and boxes.min() >= 0.0 and boxes.max() <= 1.0):
+        boxes = boxes * np.array([input_hw[1], input_hw[0], input_hw[1], input_hw[0]], np.float64)
+    return boxes
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
