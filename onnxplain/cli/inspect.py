@@ -168,7 +168,8 @@ def prediction_lines(prediction: dict) -> list[str]:
     lines = []
     if "text" in prediction:
         lines.append(f"text for {prediction['image']}: {prediction['text']!r}")
-    lines.append(f"top-{len(prediction['top'])} for {prediction['image']} (output {prediction['output']}):")
+    output = f" (output {prediction['output']})" if prediction.get("output") else ""
+    lines.append(f"top-{len(prediction['top'])} for {prediction['image']}{output}:")
     for entry in prediction["top"]:
         lines.append(f"  {entry['index']:>5}  {entry['probability']:7.2%}  {entry['name']}")
     return lines

@@ -37,7 +37,8 @@ def explain_manifest(out: str | os.PathLike, spec: JobSpec, limit: int = MANIFES
         if row["error"] is not None:
             errors.append({"image": row["path"], "source": row["source"], "error": row["error"]})
             continue
-        predictions.append({"image": row["path"], "source": row["source"], "top": row["predictions"]})
+        predictions.append({"image": row["path"], "source": row["source"], "top": row["predictions"],
+                            **({"text": row["text"]} if row.get("text") is not None else {})})
         explanations += [_explanation(Path(out), row, e, params) for e in row["explanations"]]
     return {"schema_version": SCHEMA_VERSION, "model": spec.model, "methods": list(spec.methods), "params": params,
             "target": spec.target, "layer": spec.layer, "maps": spec.maps, "results": "results.parquet",

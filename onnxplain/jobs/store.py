@@ -28,7 +28,7 @@ EXPLANATION = [("method", "string"), ("target", "string"), ("target_index", "int
                ("warning", "string"), ("map_key", "string"), ("overlay", "string")]
 COLUMNS = [("path", "string"), ("source", "string"), ("hash", "string"), ("params_hash", "string"),
            ("target", "string"), ("width", "int64"), ("height", "int64"), ("predictions", PREDICTION),
-           ("explanations", EXPLANATION), ("error", "string"), ("seconds", "float64")]
+           ("text", "string"), ("explanations", EXPLANATION), ("error", "string"), ("seconds", "float64")]
 
 
 def schema(with_maps: bool = False):

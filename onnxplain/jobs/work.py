@@ -63,8 +63,11 @@ class JobSpec:
 
     def params_hash(self) -> str:
         """A digest of everything that changes a result (the model's bytes included, not where it lies)."""
-        settings = {k: v for k, v in self.as_dict().items() if k not in ("model", "device", "batch_size", "overlays", "alpha", "colormap")}
-        settings["model"] = _file_digest(self.model)
+        settings = {k: v for k, v in self.as_dict().items()
+                    if k not in ("model", "device", "batch_size", "overlays", "alpha", "colormap")}
+        settings["options"] = {k: v for k, v in self.options.items() if k not in LIMIT_OPTIONS}  # limits refuse,
+        settings["model"] = _file_digest(self.model)                                           # never change
+
         return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
@@ -84,6 +87,9 @@ def build_explainer(spec: JobSpec, threads: int | None = None) -> "Explainer":
         torch.set_num_threads(threads)
     return Explainer(spec.model, preprocess=spec.preset, labels=spec.labels, device=spec.device,
                      batch_size=spec.batch_size, quiet=True, engine=spec.engine, threads=threads, **spec.options)
+
+
+LIMIT_OPTIONS = ("max_pixels", "max_forwards", "max_output_side")
 
 
 def target_tag(target: dict) -> str:
@@ -145,7 +151,7 @@ class Worker:
         error = None if blob is not None else f"Image file '{item.path}' cannot be read."
         return {"path": item.name, "source": item.path, "hash": content_hash(blob) if blob is not None else "",
                 "params_hash": self.params_hash, "target": None if item.target is None else str(item.target),
-                "width": None, "height": None, "predictions": [], "explanations": [], "error": error,
+                "width": None, "height": None, "predictions": [], "text": None, "explanations": [], "error": error,
                 "seconds": None}
 
     def _explain(self, items: Sequence[Item], rows: list[dict], batch: "Prepared", maps: dict) -> None:
@@ -153,6 +159,7 @@ class Worker:
         for row, image, prediction in zip(rows, batch.originals, explainer.predict(batch, spec.top, spec.output)):
             row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
             row["predictions"] = [{"index": i, "name": n, "score": s, "probability": p} for i, n, s, p in prediction.top]
+            row["text"] = prediction.text  # a text recogniser's decoded line (None for other models)
         if spec.embed is not None:
             self._embed(items, batch, maps)
         targets = [spec.target if item.target is None else item.target for item in items]

@@ -33,7 +33,15 @@ def run(*args: str, code: int = 0):
 
 
 def explained(out) -> dict:
-    return json.loads((out / "explain.json").read_text())
+    """explain.json with each explanation's file names joined to the output folder they are relative to."""
+    manifest = json.loads((out / "explain.json").read_text())
+    for entry in manifest["explanations"]:
+        entry["files"] = {kind: str(out / name) for kind, name in entry["files"].items()}
+    return manifest
+
+
+def raw_shape(entry: dict) -> list[int]:
+    return list(np.load(entry["files"]["raw"]).shape)
 
 
 def heatmap_peak(entry: dict) -> tuple[int, int]:
@@ -98,7 +106,7 @@ def street(tmp_path_factory):
 def test_yolo_with_no_flags_explains_a_box_at_the_feature_resolution(yolo, street, tmp_path):
     result = run("explain", yolo, street, "--out", tmp_path)
     [entry] = explained(tmp_path)["explanations"]
-    assert entry["target"]["kind"] == "BoxTarget" and entry["raw_shape"] == [24, 24]  # 96 / 4, from imgsz
+    assert entry["target"]["kind"] == "BoxTarget" and raw_shape(entry) == [24, 24]  # 96 / 4, from imgsz
     assert entry["warnings"] == [] and "box row" in result.output
     report = json.loads(run("inspect", yolo, "--json").output)
     assert report["task"]["input_size"] == {"value": [96, 96], "source": "metadata 'imgsz'", "read": True}
@@ -125,7 +133,7 @@ def test_yolo_box_target_given_on_the_command_line(yolo, street, tmp_path):
 
 def test_input_size_resize_order_and_layout_flags(yolo, street, tmp_path):
     run("explain", yolo, street, "--input-size", "64x64", "--out", tmp_path)
-    assert explained(tmp_path)["explanations"][0]["raw_shape"] == [16, 16]
+    assert raw_shape(explained(tmp_path)["explanations"][0]) == [16, 16]
     report = json.loads(run("inspect", yolo, "--json", "--input-size", "64x64", "--resize", "stretch",
                             "--order", "bgr", "--layout", "nchw").output)
     task = report["task"]
@@ -236,7 +244,7 @@ def test_rnet_all_zero_grad_cam_warns_with_the_flag_that_fixes_it(astronaut, tmp
     [entry] = explained(tmp_path / "a")["explanations"]
     assert entry["target"]["index"] == 1 and entry["warnings"][0].startswith("The map is all zero")
     [line] = [w for w in result.stderr.splitlines() if w.startswith("warning:")]
-    assert line == f"warning: grad-cam on {astronaut[1]} [1]: {entry['warnings'][0]}" and "--method occlusion" in line
+    assert line == f"warning: grad-cam on {entry['image']} [1]: {entry['warnings'][0]}" and "--method occlusion" in line
     run("explain", real_models.mtcnn_onnx("rnet"), astronaut[1], "--method", "occlusion", "--out", tmp_path / "b")
     [fixed] = explained(tmp_path / "b")["explanations"]
     assert fixed["warnings"] == [] and inside(heatmap_peak(fixed), _face_in_crop())
