@@ -7,95 +7,25 @@ audit runs. The command is `onnxplain audit` (onnxplain/cli/audit.py).
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .audit_gates import METRICS, Threshold, check_thresholds, format_summary, parse_threshold
+from .audit_log import marked_overlay, thumb_png
 from .errors import UserError
 from .writing import check_out, transaction
 
 if TYPE_CHECKING:
     from .explainer import Explainer
 
+__all__ = ["Audit", "AuditOptions", "METRICS", "Threshold", "check_thresholds", "format_summary", "list_images",
+           "parse_method_params", "parse_threshold", "run_audit"]
+
 SCHEMA_VERSION = 1
 HTML_EVERY = 10  # kept for callers; the report is now built once, from the log, when the audit ends
-THUMB = 128      # pixels, long side of the thumbnails embedded in the report
 
-# name -> (per method, higher is better, what it needs, what it means)
-METRICS: dict[str, tuple[bool, bool, str | None, str]] = {
-    "insertion": (True, True, None, "mean insertion AUC: the target's score as the most salient pixels are added "
-                                    "to the insertion baseline (higher is better)"),
-    "deletion": (True, False, None, "mean deletion AUC: the target's score as the most salient pixels are "
-                                    "removed to the deletion baseline (lower is better)"),
-    "pointing": (True, True, "boxes", "pointing-game accuracy: share of images with boxes whose map maximum lies "
-                                      "within the tolerance of a box (higher is better)"),
-    "sanity": (True, True, "sanity", "1 when the method passes the randomisation sanity check, else 0"),
-    "sanity_spearman": (True, False, "sanity", "mean Spearman between original maps and maps after randomising "
-                                               "every weight layer (lower is better; > 0.5 fails the check)"),
-    "sanity_ssim": (True, False, "sanity", "mean SSIM between original maps and maps after randomising every "
-                                           "weight layer (lower is better)"),
-    "top1_agreement": (False, True, "compare", "share of images whose top-1 class is the same in both models"),
-    "top5_overlap": (False, True, "compare", "mean share of top-5 classes the two models have in common"),
-    "drift_spearman": (True, True, "compare", "mean Spearman between the two models' maps of the same class"),
-}
-
-
-# ---- thresholds --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Threshold:
-    """A CI gate: METRIC[:METHOD] must not be under (or over) VALUE."""
-    metric: str
-    method: str | None
-    value: float
-    bound: str  # "under" (fail when below) or "over" (fail when above)
-
-    @property
-    def label(self) -> str:
-        return f"{self.metric}:{self.method}" if self.method else self.metric
-
-
-THRESHOLD = re.compile(r"^\s*([a-z0-9_]+)(?::([^=\s]+))?\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-
-
-def parse_threshold(text: str, bound: str = "under") -> Threshold:
-    """`insertion=0.3` or `insertion:grad-cam=0.3` as a Threshold; a UserError names what is wrong."""
-    option = f"--fail-{bound}"
-    match = THRESHOLD.match(text)
-    if not match:
-        raise UserError(f"{option} '{text}' is not METRIC=VALUE or METRIC:METHOD=VALUE; write e.g. "
-                        f"{option} insertion=0.3.")
-    metric, method, value = match.group(1), match.group(2), float(match.group(3))
-    if metric not in METRICS:
-        raise UserError(f"{option} names unknown metric '{metric}'; use one of {', '.join(METRICS)}.")
-    per_method, higher_better, _, _ = METRICS[metric]
-    if method and not per_method:
-        raise UserError(f"Metric '{metric}' is one value for the whole audit; drop ':{method}' from {option}.")
-    if higher_better != (bound == "under"):
-        other = "over" if bound == "under" else "under"
-        better = "higher" if higher_better else "lower"
-        raise UserError(f"Metric '{metric}' is better when {better}; gate it with --fail-{other} {metric}={value:g}.")
-    return Threshold(metric, method, value, bound)
-
-
-def check_thresholds(summary: dict, thresholds: Sequence[Threshold]) -> list[str]:
-    """One line per violated threshold (an unavailable value counts as violated)."""
-    violations = []
-    for gate in thresholds:
-        per_method = METRICS[gate.metric][0]
-        if per_method:
-            names = [gate.method] if gate.method else list(summary["methods"])
-            values = {f"{gate.metric}[{m}]": summary["methods"].get(m, {}).get(gate.metric) for m in names}
-        else:
-            values = {gate.metric: summary.get(gate.metric)}
-        for name, value in values.items():
-            if value is None or value != value:  # None or NaN: nothing measured
-                violations.append(f"{name} has no value (nothing was measured for it), required {gate.bound} "
-                                  f"limit {gate.value:g}")
-            elif (gate.bound == "under" and value < gate.value) or (gate.bound == "over" and value > gate.value):
-                violations.append(f"{name} = {value:.4f} is {gate.bound} {gate.value:g}")
-    return violations
 
 
 # ---- options and inputs ------------------------------------------------------------------------
@@ -177,7 +107,7 @@ class Audit:
         return self.log.thumb_map()
 
     def _thumb(self, key: str, image) -> None:
-        self.log.put_thumb(key, _thumb_png(image))
+        self.log.put_thumb(key, thumb_png(image))
 
     def layer_for(self, method: str) -> str | None:
         from . import methods as registry
@@ -223,7 +153,7 @@ class Audit:
             if boxes is not None:
                 entry["pointing"] = pointing_hit(attribution.heatmap, boxes, options.tolerance)
             record["methods"][method] = entry
-            self._thumb(f"{key}/{method}", _marked_overlay(attribution, boxes))
+            self._thumb(f"{key}/{method}", marked_overlay(attribution, boxes))
         if self.other is not None:
             methods = [m for m in options.methods if m not in self.drift_skipped]
             drift = image_drift(explainer, self.other, str(path), methods, options.layer, options.top,
@@ -399,24 +329,6 @@ def run_audit(model: str | os.PathLike, images: str | os.PathLike, out: str | os
         return audit.write(html=True)
 
 
-def format_summary(report: dict) -> str:
-    """The summary as a few lines of text for the terminal."""
-    s = report["summary"]
-    lines = [f"{s['images']} images audited" + (f", {s['errors']} could not be read" if s["errors"] else "")]
-    if "top1_agreement" in s:
-        lines.append(f"top-1 agreement {s['top1_agreement']:.3f}  top-5 overlap {s['top5_overlap']:.3f}")
-    for method, v in s["methods"].items():
-        parts = [f"deletion {_fmt(v['deletion'])}", f"insertion {_fmt(v['insertion'])}"]
-        if v.get("pointing_images"):
-            parts.append(f"pointing {_fmt(v['pointing'])} ({v['pointing_images']} images)")
-        if v.get("sanity") is not None:
-            parts.append(f"sanity {'pass' if v['sanity'] else 'FAIL'} (spearman {_fmt(v['sanity_spearman'])})")
-        if "drift_spearman" in v:
-            parts.append(f"drift spearman {_fmt(v['drift_spearman'])}")
-        lines.append(f"{method:<16} " + "  ".join(parts))
-    return "\n".join(lines)
-
-
 def _plan(audit: Audit, paths: Sequence[Path], quiet: bool) -> dict | None:
     """The audit's cost in forward passes per step (measured on the first readable image), printed first."""
     import sys
@@ -457,40 +369,6 @@ def _display_name(path: Path, root: Path) -> str:
         return path.name
 
 
-def _png64(image) -> str:
-    """A thumbnail (long side THUMB pixels) of an RGB uint8 image as base64 PNG."""
-    import base64
-    import cv2
-    from .render import encode_png
-    h, w = image.shape[:2]
-    scale = THUMB / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
-    return base64.b64encode(encode_png(thumb)).decode("ascii")
-
-
-def _thumb_png(image) -> bytes:
-    """A thumbnail (long side THUMB pixels) of an RGB uint8 image as PNG bytes."""
-    import base64
-    return base64.b64decode(_png64(image))
-
-
-def _marked_overlay(attribution, boxes):
-    """The overlay with the ground-truth boxes (green) and the map's maximum (white ring) drawn in."""
-    import cv2
-    import numpy as np
-    image = attribution.overlay().copy()
-    if boxes:
-        thick = max(1, round(max(image.shape[:2]) / 150))
-        for x1, y1, x2, y2 in boxes:
-            cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 255, 0), thick)
-        heatmap = attribution.heatmap
-        if heatmap.max() > heatmap.min():  # a constant map has no maximum to mark
-            row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-            cv2.circle(image, (int(col), int(row)), 2 * thick + 1, (255, 255, 255), thick)
-    return image
-
-
 def _mean(values: Sequence[float]) -> float | None:
     values = [float(v) for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -500,7 +378,3 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
     if not curves:
         return []
     return [sum(c[i] for c in curves) / len(curves) for i in range(len(curves[0]))]
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

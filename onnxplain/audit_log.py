@@ -69,6 +69,36 @@ class ThumbFiles:
         return (self.folder / _file(key)).is_file()
 
 
+THUMB = 128  # pixels, long side of the thumbnails embedded in the report
+
+
+def thumb_png(image) -> bytes:
+    """A thumbnail (long side THUMB pixels) of an RGB uint8 image as PNG bytes."""
+    import cv2
+    from .render import encode_png
+    h, w = image.shape[:2]
+    scale = THUMB / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    return encode_png(thumb)
+
+
+def marked_overlay(attribution, boxes):
+    """The overlay with the ground-truth boxes (green) and the map's maximum (white ring) drawn in."""
+    import cv2
+    import numpy as np
+    image = attribution.overlay().copy()
+    if boxes:
+        thick = max(1, round(max(image.shape[:2]) / 150))
+        for x1, y1, x2, y2 in boxes:
+            cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), (0, 255, 0), thick)
+        heatmap = attribution.heatmap
+        if heatmap.max() > heatmap.min():  # a constant map has no maximum to mark
+            row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+            cv2.circle(image, (int(col), int(row)), 2 * thick + 1, (255, 255, 255), thick)
+    return image
+
+
 def _file(key: str) -> str:
     return key.replace("/", "__") + ".png"
 

@@ -6,8 +6,7 @@ import logging
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ from .methods.base import Attribution, Method
 from .model import Model
 from .memory import per_image_bytes
 from .numeric import softmax
+from .predictions import Prediction, read_labels, structured_prediction
 from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
 from .surgery import Split, split
 from .mapcheck import map_warnings
@@ -29,50 +29,6 @@ from .targets import BoxLayout, Context, Target, resolve
 from .task import understand
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Top-k classes of one image on one output."""
-    image_name: str
-    output: str
-    top: list[tuple[int, str, float, float]]  # (index, name, score, probability)
-    text: str | None = None  # a text recogniser's greedy-decoded text
-
-    def as_dict(self) -> dict:
-        found = {"image": self.image_name, "output": self.output,
-                 "top": [{"index": i, "name": n, "score": s, "probability": p} for i, n, s, p in self.top]}
-        return found if self.text is None else {**found, "text": self.text}
-
-
-def read_labels(source: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
-    """Class names from a text file (one per line) or a JSON list, or a list given directly."""
-    if source is None:
-        return None
-    if isinstance(source, (list, tuple)):
-        return [str(s) for s in source]
-    if not isinstance(source, (str, os.PathLike)):
-        raise UserError(f"Labels must be a file path or a list of names, not {type(source).__name__}.")
-    path = Path(source)
-    if not path.is_file():
-        kind = "is a folder" if path.is_dir() else "does not exist"
-        raise UserError(f"Label file '{path}' {kind}; pass a text file with one class name per line.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"Label file '{path}' is not UTF-8 text; save it as UTF-8 with one class name per line.") \
-            from None
-    if path.suffix == ".json":
-        import json
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise UserError(f"Label file '{path}' is not valid JSON ({exc.msg} at line {exc.lineno}); write a JSON "
-                            "list of names or a text file with one name per line.") from None
-        if not isinstance(data, (list, dict)):
-            raise UserError(f"Label file '{path}' must hold a JSON list (or object) of class names.")
-        return [str(v) for v in (data.values() if isinstance(data, dict) else data)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def warn_nonfinite(what: str, values: np.ndarray) -> bool:
@@ -280,7 +236,8 @@ class Explainer:
         info = self.task.output(output)
         value = self.forward(batch)[output]
         if info is not None and info.kind in ("sequence", "detection rows", "detection scores", "dense map"):
-            return [self._predict_structured(name, output, info, v, top) for name, v in zip(batch.names, value)]
+            return [structured_prediction(name, output, info, v, top, self.label, self.task.dictionary.value)
+                    for name, v in zip(batch.names, value)]
         scores = value.reshape(len(batch), -1)
         warn_nonfinite(f"The model's output '{output}'", scores)
         results = []
@@ -290,23 +247,6 @@ class Explainer:
             results.append(Prediction(name, output, [(int(i), self.label(int(i)), float(row[i]), float(probs[i]))
                                                      for i in order]))
         return results
-
-    def _predict_structured(self, name: str, output: str, info, value: np.ndarray, top: int) -> Prediction:
-        """Decoded text (sequence), the best boxes' classes (detection) or the map's peak (dense map)."""
-        if info.kind == "sequence":
-            from .targets.sequence import greedy_decode
-            text, steps = greedy_decode(value, self.task.dictionary.value)
-            return Prediction(name, output, [(c, self.label(c) if not self.task.dictionary.value else
-                                              self.task.dictionary.value[c], float(value[t, c]), float(value[t, c]))
-                                             for t, c in steps[:top]], text=text)
-        if info.kind == "dense map":
-            peak = float(value[-1].max())
-            return Prediction(name, output, [(int(value.shape[0] - 1), "", peak, peak)])
-        scores = info.box_layout.class_scores(info.box_layout.rows(value[None])[0])
-        best = scores.max(axis=1)
-        rows = np.argsort(-best)[:top]
-        return Prediction(name, output, [(int(scores[r].argmax()), self.label(int(scores[r].argmax())),
-                                          float(best[r]), float(best[r])) for r in rows])
 
     def label(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else ""

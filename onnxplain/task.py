@@ -306,7 +306,7 @@ def last_op(model: "Model", name: str) -> str:
 
 def classify_output(model: "Model", name: str, task: Task) -> OutputInfo:
     """The kind of one output, from its shape, its last op, its name and the task's metadata."""
-    from .targets import BoxLayout
+    from .targets.base import BoxLayout
     from .model import _fmt_shape
     info = next(o for o in model.outputs if o.name == name)
     probed = model.tensors[name].shape if name in model.tensors else None
