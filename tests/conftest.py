@@ -25,3 +25,10 @@ def nhwc_model(tmp_path_factory) -> Path:
 def effnet() -> Path:
     """The bundled EfficientNet-Lite0 (ImageNet, preset and labels in its metadata)."""
     return real_models.EFFICIENTNET_LITE0
+
+
+@pytest.fixture(scope="module")
+def effnet_explainer(effnet):
+    """An Explainer on the bundled EfficientNet-Lite0, one per test module (the serve and KServe tests share it)."""
+    import onnxplain
+    return onnxplain.load(effnet, quiet=True)

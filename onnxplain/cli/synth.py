@@ -29,6 +29,18 @@ def common_options(func):
     return func
 
 
+def image_layer_arguments(func):
+    """MODEL IMAGE and --layer, in that order: what the commands working on one image's features take."""
+    func = click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")(func)
+    func = click.argument("image", type=click.Path())(func)
+    return click.argument("model", type=click.Path())(func)
+
+
+def _on_image(run, cls: type, explainer, image: str, layer: str, pairs, **given):
+    """`run(explainer, image, layer, **params)` with the params built from -p pairs and the options given."""
+    return run(explainer, image, layer, **_params(cls, pairs, explainer, **given))
+
+
 def _params(cls: type, pairs, explainer=None, **given) -> dict:
     """Keyword overrides for a params dataclass from -p KEY=VALUE pairs (typed by the field's default)
     and the explicit options that were set; steps x octaves are bounded by the explainer's --max-forwards."""
@@ -147,34 +159,28 @@ def class_vis(model, target, output, lam, lr, models, steps, seed, param, out_di
 
 
 @synth.command()
-@click.argument("model", type=click.Path())
-@click.argument("image", type=click.Path())
-@click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
+@image_layer_arguments
 @click.option("--octaves", default=None, type=int, help="Octaves (default 4).")
 @click.option("--lr", default=None, type=number, help="Step size in unit space (default 0.012, ~1.5 pixels).")
 @common_options
 def dream(model, image, layer, octaves, lr, models, steps, seed, param, out_dir):
     """DeepDream: amplify what LAYER of MODEL sees in IMAGE (steps are per octave)."""
     from ..synthesis.deepdream import DreamParams, dream as run
-    explainer = models.explainer(model)
-    result = run(explainer, image, layer, **_params(DreamParams, param, explainer, steps=steps, seed=seed, octaves=octaves,
-                                                    lr=lr))
+    result = _on_image(run, DreamParams, models.explainer(model), image, layer, param, steps=steps, seed=seed,
+                       octaves=octaves, lr=lr)
     _save(result, out_dir, f"dream.{Path(image).stem}")
 
 
 @synth.command()
-@click.argument("model", type=click.Path())
-@click.argument("image", type=click.Path())
-@click.option("--layer", "-l", default="auto", show_default=True, help="Tensor name, auto or last-conv.")
+@image_layer_arguments
 @click.option("--tv-weight", default=None, type=number, help="Total variation weight (default 0.5).")
 @click.option("--lr", default=None, type=number, help="Adam learning rate (default 0.05).")
 @common_options
 def invert(model, image, layer, tv_weight, lr, models, steps, seed, param, out_dir):
     """Reconstruct IMAGE from its features at LAYER of MODEL (Mahendran & Vedaldi), from noise."""
     from ..synthesis.inversion import InvertParams, invert as run
-    explainer = models.explainer(model)
-    result = run(explainer, image, layer, **_params(InvertParams, param, explainer, steps=steps, seed=seed, tv_weight=tv_weight,
-                                                    lr=lr))
+    result = _on_image(run, InvertParams, models.explainer(model), image, layer, param, steps=steps, seed=seed,
+                       tv_weight=tv_weight, lr=lr)
     files = _save(result, out_dir, f"invert.{Path(image).stem}")
     click.echo(f"feature distance {result.details['feature_distance_start']:.4g} -> "
                f"{result.details['feature_distance']:.4g} ({files['image']})")

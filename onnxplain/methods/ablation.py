@@ -8,7 +8,7 @@ import numpy as np
 
 from . import register
 from .base import MultiTargetMethod, RawMaps
-from .perturb import image_score, layer_activations, tail_scores_many
+from .perturb import image_score, layer_activations, per_channel_cost, tail_scores_many
 
 EPS = 1e-12  # keeps (y - y_k) / y finite when the target score is exactly zero
 
@@ -32,9 +32,7 @@ class AblationCAM(MultiTargetMethod):
 
     @classmethod
     def cost(cls, params, input_hw, layer_shape=None) -> int:
-        channels = layer_shape[0] if layer_shape and isinstance(layer_shape[0], int) else 1
-        keep = getattr(params, "channels", None)
-        return 1 + (min(channels, keep) if isinstance(keep, int) and keep > 0 else channels)
+        return per_channel_cost(params, layer_shape)
 
     def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         raw, info, acts = layer_activations(context, batch, layer)

@@ -161,6 +161,14 @@ def _shape_only(runtime: Any, names: Sequence[str]) -> frozenset[str]:
     return _SHAPE_ONLY[runtime]
 
 
+def per_channel_cost(params: Any, layer_shape: tuple | None) -> int:
+    """Forwards per image of a method that scores each channel of its layer once: one for the batch and one per
+    channel (at most `params.channels` when that is set); an unknown channel count counts as one."""
+    channels = layer_shape[0] if layer_shape and isinstance(layer_shape[0], int) else 1
+    keep = getattr(params, "channels", None)
+    return 1 + (min(channels, keep) if isinstance(keep, int) and keep > 0 else channels)
+
+
 def with_score(target: Target, kind: str) -> Target:
     """The target scoring logits or softmax probabilities as `kind` says; callable targets stay as given."""
     if isinstance(target, ClassTarget):

@@ -10,7 +10,7 @@ from ..numeric import softmax
 from . import register
 from .base import MultiTargetMethod, RawMaps
 from .baselines import baseline
-from .perturb import choose, input_scores_many, layer_activations, optional_count
+from .perturb import choose, input_scores_many, layer_activations, optional_count, per_channel_cost
 from .resample import align_corners_resize_matrix
 
 
@@ -69,9 +69,7 @@ class ScoreCAM(MultiTargetMethod):
 
     @classmethod
     def cost(cls, params, input_hw, layer_shape=None) -> int:
-        channels = layer_shape[0] if layer_shape and isinstance(layer_shape[0], int) else 1
-        keep = getattr(params, "channels", None)
-        return 1 + (min(channels, keep) if isinstance(keep, int) and keep > 0 else channels)
+        return per_channel_cost(params, layer_shape)
 
     def explain_many(self, context, batch, targets, layer=None) -> RawMaps:
         keep = optional_count(self.name, "channels", self.params.channels)

@@ -18,11 +18,6 @@ NAME = "effnet"
 
 
 @pytest.fixture(scope="module")
-def explainer(effnet):
-    return onnxplain.load(effnet, quiet=True)
-
-
-@pytest.fixture(scope="module")
 def model(effnet):
     from onnxplain.integrations.kserve import ExplainerModel
     model = ExplainerModel(NAME, str(effnet))
@@ -91,20 +86,19 @@ def v2_request(images: list, binary: bool = False, **parameters):
     return InferRequest(model_name=NAME, infer_inputs=[tensor], request_id="r7", parameters=parameters or None)
 
 
-def test_v2_infer_base64_with_the_kserve_client(url, explainer):
+def test_v2_infer_base64_with_the_kserve_client(url, effnet_explainer):
     """Two base64 images through kserve's REST server: the logits and the eigen-cam maps (top2) as FP32 outputs
     with onnxplain serve's names and shapes, equal to the Explainer's."""
     image = CHELSEA.read_bytes()
     request = v2_request([base64.b64encode(image).decode()] * 2, method="eigen-cam", target="top2")
     answer = asyncio.run(client("v2").infer(url, request, model_name=NAME))
     outputs = {o.name: o for o in answer.outputs}
-    logits = explainer.model.outputs[0].name
+    logits = effnet_explainer.model.outputs[0].name
     assert answer.id == "r7" and list(outputs) == [logits, "map", "target"]
     assert outputs[logits].datatype == "FP32" and outputs["map"].datatype == "FP32"
-    np.testing.assert_allclose(outputs[logits].as_numpy(),
-                               np.repeat(explainer.forward(explainer.prepare(image))[logits].reshape(1, -1), 2, 0),
-                               atol=1e-5)
-    own = explainer.explain_bytes(image, method="eigen-cam", target="top2")
+    scores = effnet_explainer.forward(effnet_explainer.prepare(image))[logits]
+    np.testing.assert_allclose(outputs[logits].as_numpy(), np.repeat(scores.reshape(1, -1), 2, 0), atol=1e-5)
+    own = effnet_explainer.explain_bytes(image, method="eigen-cam", target="top2")
     maps = outputs["map"].as_numpy()
     assert maps.shape == (2, 2) + own[0].raw.shape
     for row in maps:
@@ -112,16 +106,16 @@ def test_v2_infer_base64_with_the_kserve_client(url, explainer):
     assert outputs["target"].as_numpy().tolist() == [[a.target["index"] for a in own]] * 2
 
 
-def test_v2_infer_scores_only_and_metadata(url, explainer):
+def test_v2_infer_scores_only_and_metadata(url, effnet_explainer):
     """Without a method the answer is the model output alone; V2 metadata lists the BYTES input and the outputs."""
     image = base64.b64encode(CHELSEA.read_bytes()).decode()
     (scores,) = asyncio.run(client("v2").infer(url, v2_request([image]), model_name=NAME)).outputs
-    assert scores.shape == [1, 1000] and int(np.argmax(scores.as_numpy())) == explainer.predict(
+    assert scores.shape == [1, 1000] and int(np.argmax(scores.as_numpy())) == effnet_explainer.predict(
         CHELSEA.read_bytes(), top=1)[0].as_dict()["top"][0]["index"]
     import httpx
     meta = httpx.get(f"{url}/v2/models/{NAME}", timeout=30).json()
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
-    assert [o["name"] for o in meta["outputs"]] == [explainer.model.outputs[0].name, "map", "target"]
+    assert [o["name"] for o in meta["outputs"]] == [effnet_explainer.model.outputs[0].name, "map", "target"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +156,7 @@ def grpc(model):
     thread.join(10)
 
 
-def test_v2_raw_bytes_over_kserve_grpc(grpc, explainer):
+def test_v2_raw_bytes_over_kserve_grpc(grpc, effnet_explainer):
     """The JPEG's raw bytes as the BYTES element, through kserve's gRPC servicer and client: the map for class
     281 (an int parameter) equals the Explainer's."""
     from kserve.inference_client import InferenceGRPCClient
@@ -177,7 +171,7 @@ def test_v2_raw_bytes_over_kserve_grpc(grpc, explainer):
 
     outputs = {o.name: o for o in run(infer()).outputs}
     assert outputs["target"].as_numpy().tolist() == [[281]] and outputs["map"].shape == [1, 1, 7, 7]
-    own = explainer.explain_bytes(image, method="eigen-cam", target=281)[0].raw
+    own = effnet_explainer.explain_bytes(image, method="eigen-cam", target=281)[0].raw
     np.testing.assert_allclose(outputs["map"].as_numpy()[0, 0], own, atol=1e-5)
 
 

@@ -24,18 +24,13 @@ NAME = "effnet"
 
 
 @pytest.fixture(scope="module")
-def explainer(effnet):
-    return onnxplain.load(effnet, quiet=True)
-
-
-@pytest.fixture(scope="module")
 def chelsea() -> bytes:
     return CHELSEA.read_bytes()
 
 
 @pytest.fixture(scope="module")
-def url(explainer):
-    with LiveServer(create_app(explainer, name=NAME)) as live:
+def url(effnet_explainer):
+    with LiveServer(create_app(effnet_explainer, name=NAME)) as live:
         with httpx.Client(base_url=live.url, timeout=60) as c:
             wait_ready(c)
         yield live.url
@@ -63,21 +58,21 @@ def test_v1_models_and_model(client):
     assert_refused(client.get("/v1/models/other"), 404, "model 'other' is not served here", NAME)
 
 
-def test_v1_predict_with_the_kserve_client(url, chelsea, explainer):
+def test_v1_predict_with_the_kserve_client(url, chelsea, effnet_explainer):
     answer = asyncio.run(rest_client("v1").infer(url, {"instances": [{"b64": b64(chelsea)}, {"b64": b64(chelsea)}],
                                                        "parameters": {"top": 3}}, model_name=NAME))
-    own = explainer.predict(chelsea, top=3)[0].as_dict()["top"]
+    own = effnet_explainer.predict(chelsea, top=3)[0].as_dict()["top"]
     assert len(answer["predictions"]) == 2 and all(len(p) == 3 for p in answer["predictions"])
     for got in answer["predictions"]:
         assert [c["index"] for c in got] == [c["index"] for c in own] and got[0]["name"] in CATS
         assert np.allclose([c["score"] for c in got], [c["score"] for c in own], atol=1e-5)
 
 
-def test_v1_explain_with_the_kserve_client(url, chelsea, explainer):
+def test_v1_explain_with_the_kserve_client(url, chelsea, effnet_explainer):
     data = {"instances": [{"b64": b64(chelsea)}], "parameters": {"method": "eigen-cam", "raw": True}}
     answer = asyncio.run(rest_client("v1").explain(url, NAME, data))
     (result,) = answer["explanations"]
-    own = explainer.explain(chelsea, method="eigen-cam")[0]
+    own = effnet_explainer.explain(chelsea, method="eigen-cam")[0]
     assert result["method"] == "eigen-cam" and result["predictions"][0]["name"] in CATS
     np.testing.assert_allclose(np.array(result["explanations"][0]["raw"]), own.raw, atol=1e-5)
     assert base64.b64decode(result["explanations"][0]["overlay_png"])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -95,18 +90,18 @@ def test_v1_refusals(client, chelsea):
 
 
 # ---- Open Inference Protocol V2 -----------------------------------------------------------------
-def test_v2_health_and_metadata(client, explainer):
+def test_v2_health_and_metadata(client, effnet_explainer):
     assert client.get("/v2").json()["name"] == "onnxplain"
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get(f"/v2/models/{NAME}/ready").json() == {"name": NAME, "ready": True}
     meta = client.get(f"/v2/models/{NAME}").json()
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
-    assert [o["name"] for o in meta["outputs"]] == [explainer.model.outputs[0].name, "map", "target"]
+    assert [o["name"] for o in meta["outputs"]] == [effnet_explainer.model.outputs[0].name, "map", "target"]
     assert_refused(client.get("/v2/models/other/ready"), 404, "other")
 
 
-def test_v2_infer_binary_bytes_with_the_kserve_client(url, chelsea, explainer):
+def test_v2_infer_binary_bytes_with_the_kserve_client(url, chelsea, effnet_explainer):
     """kserve's client sends the image as raw bytes (binary data extension); the answer holds the scores and
     the eigen-cam map with shapes, equal to the Explainer's."""
     from kserve import InferInput, InferRequest
@@ -117,12 +112,12 @@ def test_v2_infer_binary_bytes_with_the_kserve_client(url, chelsea, explainer):
                            parameters={"method": "eigen-cam", "target": "top2"})
     answer = asyncio.run(rest_client("v2").infer(url, request, model_name=NAME))
     outputs = {o.name: o for o in answer.outputs}
-    logits = explainer.model.outputs[0].name
+    logits = effnet_explainer.model.outputs[0].name
     assert answer.id == "r1" and set(outputs) == {logits, "map", "target"}
-    batch = explainer.prepare(chelsea)
-    np.testing.assert_allclose(outputs[logits].as_numpy(), explainer.forward(batch)[logits].reshape(1, -1),
+    batch = effnet_explainer.prepare(chelsea)
+    np.testing.assert_allclose(outputs[logits].as_numpy(), effnet_explainer.forward(batch)[logits].reshape(1, -1),
                                atol=1e-5)
-    own = explainer.explain(chelsea, method="eigen-cam", target="top2")
+    own = effnet_explainer.explain(chelsea, method="eigen-cam", target="top2")
     maps = outputs["map"].as_numpy()
     assert maps.shape == (1, 2) + own[0].raw.shape and outputs["target"].datatype == "INT64"
     np.testing.assert_allclose(maps[0], np.stack([a.raw for a in own]), atol=1e-5)
@@ -155,9 +150,9 @@ def test_v2_refusals(client, chelsea):
 
 
 # ---- readiness, metrics, token --------------------------------------------------------------------
-def test_not_ready_until_the_warmup_methods_ran(explainer, chelsea):
+def test_not_ready_until_the_warmup_methods_ran(effnet_explainer, chelsea):
     """/readyz and /v2/health/ready answer 503 while warm-up runs (held here), 200 after; /ping always."""
-    app = create_app(explainer, warmup=("saliency",))
+    app = create_app(effnet_explainer, warmup=("saliency",))
     readiness, release = app.state.serve.readiness, threading.Event()
     warm = readiness.warm
     readiness.warm = lambda: (release.wait(60), warm())
@@ -169,12 +164,12 @@ def test_not_ready_until_the_warmup_methods_ran(explainer, chelsea):
         release.set()
         wait_ready(c, 120)
         assert c.get("/readyz").json() == {"ready": True, "warmed": ["saliency"]}
-        assert explainer._module is not None  # the gradient method's torch module was built by the warm-up
+        assert effnet_explainer._module is not None  # the gradient method's torch module was built by the warm-up
 
 
-def test_unknown_warmup_method_is_refused_at_start(explainer):
+def test_unknown_warmup_method_is_refused_at_start(effnet_explainer):
     with pytest.raises(onnxplain.errors.UserError, match="nope"):
-        create_app(explainer, warmup=("nope",))
+        create_app(effnet_explainer, warmup=("nope",))
 
 
 def samples(text: str) -> dict:
@@ -182,9 +177,9 @@ def samples(text: str) -> dict:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_metrics_count_requests_refusals_and_batches(explainer, chelsea):
+def test_metrics_count_requests_refusals_and_batches(effnet_explainer, chelsea):
     """Each app has its own registry: counts start at zero and follow this app's requests only."""
-    with LiveServer(create_app(explainer, name=NAME)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+    with LiveServer(create_app(effnet_explainer, name=NAME)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         for _ in range(3):
             assert c.post(f"/v1/models/{NAME}:predict", json={"instances": [b64(chelsea)]}).status_code == 200
         c.get("/v1/models/other")
@@ -200,8 +195,8 @@ def test_metrics_count_requests_refusals_and_batches(explainer, chelsea):
     assert got[("onnxplain_queue_length", ())] == 0
 
 
-def test_bearer_token(explainer, chelsea, monkeypatch):
-    with LiveServer(create_app(explainer, name=NAME, token="s3cret")) as live, \
+def test_bearer_token(effnet_explainer, chelsea, monkeypatch):
+    with LiveServer(create_app(effnet_explainer, name=NAME, token="s3cret")) as live, \
             httpx.Client(base_url=live.url, timeout=60) as c:
         for path in ("/health", "/readyz", "/ping", "/v2/health/live", "/v2/health/ready"):
             assert c.get(path).status_code in (200, 503), path
