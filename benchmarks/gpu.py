@@ -73,7 +73,7 @@ def explain_times(explainer: onnxplain.Explainer, image: np.ndarray, layer: str,
         "grad-cam": (lambda: explainer.explain(image, method="grad-cam", target=0, layer=layer), None),
         "score-cam": (lambda: explainer.explain(image, method="score-cam", target=0, layer=layer), "count"),
         "occlusion": (lambda: explainer.explain(image, method="occlusion", target=0, window=16, stride=8,
-                                                score="logit"), "count"),
+                                                score="logit", incremental="false"), "count"),  # batched, as captum
         "smoothgrad": (lambda: explainer.explain(image, method="smoothgrad", target=0, n=smooth_n), None),
     }
     found = {}

@@ -83,7 +83,7 @@ def job_options(maps: bool = True, overlays: bool = True) -> Callable:
 def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: JobOptions) -> dict:
     """Run `spec` over `sources` into `out` as the options say; returns the report (total, done, skipped,
     errors). Error rows print as one line each on stderr. A setting that fails the run's first images all
-    the same way raises that one sentence, and an `out` this run created is removed again."""
+    the same way raises that one sentence, and what this run wrote into `out` is removed again."""
     from .. import progress
     from ..errors import UserError
     from ..jobs import check_shard, list_inputs
@@ -94,6 +94,7 @@ def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: Jo
     items = select(list_inputs(sources[0] if len(sources) == 1 else list(sources)), shard)
     out = Path(out)
     existed = out.exists()
+    before = set(out.iterdir()) if out.is_dir() else set()
     try:
         if jobs.ray:
             return _on_ray(spec, items, out, jobs)
@@ -103,9 +104,12 @@ def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: Jo
         report = run_job(spec, items, out, resume=jobs.resume, threads=jobs.threads, flush_every=jobs.flush_every,
                          quiet=progress.QUIET, on_batch=watch)
         return report.as_dict()
-    except UserError:
+    except UserError:  # nothing this run wrote stays: a folder it made, or what it added to one that was there
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            for entry in set(out.iterdir()) - before:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         raise
 
 

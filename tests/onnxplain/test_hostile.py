@@ -67,10 +67,10 @@ def cli_cases(f: dict[str, Path]) -> dict[str, tuple[list, str]]:
                              "not UTF-8 text; save it as UTF-8 with one class name per line."),
         "labels a folder": ([ok, image, "--labels", f["folder"]], f"Label file '{f['folder']}' is a folder; pass a "
                             "text file with one class name per line."),
-        "image is a folder": ([ok, f["folder"]], f"Image path '{f['folder']}' is a folder, not a file; pass the "
-                              "image files in it."),
-        "image missing": ([ok, f["folder"] / "x.png"], f"Image file '{f['folder'] / 'x.png'}' does not exist; "
-                          "check the path."),
+        "image is a folder": ([ok, f["folder"]], f"No images in '{f['folder']}' (looked for .bmp, .jpeg, .jpg, "
+                              ".png, .tif, .tiff, .webp)."),  # a folder is an input: of its images
+        "image missing": ([ok, f["folder"] / "x.png"], f"Input '{f['folder'] / 'x.png'}' does not exist; pass a "
+                          "folder of images, a manifest (.csv, .jsonl, .parquet with a 'path' column) or image files."),
         "image not an image": ([ok, f["a_file"]], f"Image file '{f['a_file']}' could not be decoded as an image; "
                                "use a format opencv reads (PNG, JPEG, ...)."),
         "header claims 100000x100000": ([ok, f["header_bomb"]], f"Image file '{f['header_bomb']}' claims 10000 "
