@@ -129,7 +129,9 @@ class ErrorRows:
                 return
             errors = {r["error"] for r in self.pending}
             if len(errors) == 1 and None not in errors:
-                raise UserError(errors.pop())
+                first = self.pending[0]  # one image: its file named, as for any image file the CLI reads
+                raise UserError(naming_the_file(first["error"], first["source"]) if len(self.pending) == 1
+                                else errors.pop())
             rows, self.pending, self.probe = self.pending, [], 0
         for row in rows:
             if row["error"] is not None:
@@ -175,3 +177,11 @@ def finish(report: dict, where: str) -> None:
     click.echo(summary_line(report, where))
     if report["errors"]:
         click.get_current_context().exit(1)
+
+
+def naming_the_file(message: str, path) -> str:
+    """A decoding error about "the image (bytes)" said of the file it came from, as for any image file."""
+    for lead in ("The image bytes", "The image"):
+        if message.startswith(lead):
+            return f"Image file '{path}'" + message[len(lead):]
+    return message

@@ -92,14 +92,6 @@ def build_explainer(spec: JobSpec, threads: int | None = None) -> "Explainer":
 LIMIT_OPTIONS = ("max_pixels", "max_forwards", "max_output_side")
 
 
-def _naming_the_file(message: str, path) -> str:
-    """A decoding error about "the image (bytes)" said of the file it came from, as for any image file."""
-    for lead in ("The image bytes", "The image"):
-        if message.startswith(lead):
-            return f"Image file '{path}'" + message[len(lead):]
-    return message
-
-
 def target_tag(target: dict) -> str:
     """The part of keys and file names that names the target: a class index, or its label made file-safe."""
     if "index" in target and target.get("kind") == "ClassTarget":
@@ -132,7 +124,7 @@ class Worker:
                     prepared.append(self.explainer.prepare(blob))
                     good.append(i)
                 except UserError as exc:
-                    rows[i]["error"] = _naming_the_file(str(exc), items[i].path)
+                    rows[i]["error"] = str(exc)
         maps: dict[str, np.ndarray] = {}
         if good:
             started = time.perf_counter()
