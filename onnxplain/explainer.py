@@ -372,7 +372,7 @@ class Explainer:
         upsampled = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR) if raw.shape != (h, w) else raw
         if valid is None:  # outside the crop the model saw nothing: no value there
             valid = batch.pixel_maps[i].valid_original()
-        heatmap = np.where(valid, batch.pixel_maps[i].to_original(upsampled), 0).astype(np.float32)
+        heatmap = np.where(valid, batch.pixel_maps[i].to_original(upsampled), 0).astype(np.float32, copy=False)
         extras = dict(extras)
         warnings = tuple(extras.pop("warnings", ())) + tuple(map_warnings(raw))  # the method's, then the map's
         return Attribution(method=cls.name, params=asdict(params), target=target.describe(), layer=layer,

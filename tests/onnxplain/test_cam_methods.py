@@ -411,6 +411,22 @@ def test_recipro_cam_equals_whole_model_loop(fixture, request):
     assert all(a.raw.shape == (h, w) and np.isfinite(a.raw).all() for a in binary)
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "binary"])
+def test_recipro_sparse_masks_equal_the_broadcast_product(kind):
+    """The NCHW fast path writes only each mask's non-zero columns into a reused buffer: every chunk equals
+    acts * M_k exactly, across chunks and calls, and the buffer it keeps for the next call is all zeros."""
+    from onnxplain.methods import recipro
+    acts = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32)
+    masks = recipro.position_masks(3, 4, kind).astype(np.float32)
+    expected = acts[None] * masks[:, None]
+    for _ in range(2):  # the second call reuses the kept buffer
+        make = recipro.SparseMasked(acts, masks, 5)
+        got = np.concatenate([make(slice(a, min(a + 5, 12))).copy() for a in range(0, 12, 5)])
+        np.testing.assert_array_equal(got, expected)
+        make.release()
+        assert recipro._kept.buffer is make.buffer and not make.buffer.any()
+
+
 # ---- EfficientNet-Lite0: pointing game -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def effnet_batch(effnet):
