@@ -24,7 +24,6 @@ __all__ = ["Audit", "AuditOptions", "METRICS", "Threshold", "check_thresholds", 
            "parse_method_params", "parse_threshold", "run_audit"]
 
 SCHEMA_VERSION = 1
-HTML_EVERY = 10  # kept for callers; the report is now built once, from the log, when the audit ends
 
 
 
