@@ -158,8 +158,10 @@ class Explainer:
         return None
 
     # ---- forward passes -------------------------------------------------------------------
-    def prepare(self, images: Sequence[ImageSource] | ImageSource | Prepared) -> Prepared:
-        """Decode and preprocess images into one batch (a Prepared batch passes through)."""
+    def prepare(self, images: Sequence[ImageSource] | ImageSource | Prepared,
+                files: Sequence[str | None] | None = None) -> Prepared:
+        """Decode and preprocess images into one batch (a Prepared batch passes through); `files` names the
+        file each encoded image was read from, for error sentences."""
         if isinstance(images, Prepared):
             return images
         if isinstance(images, (str, os.PathLike, bytes)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
@@ -167,7 +169,7 @@ class Explainer:
         if not isinstance(images, (list, tuple, np.ndarray)):
             raise ImageError(f"Images must be a path, encoded bytes, an array or a list of these, not "
                              f"{type(images).__name__}.")
-        return prepare(list(images), self.spec, self.preprocess, self.limits)
+        return prepare(list(images), self.spec, self.preprocess, self.limits, files)
 
     def forward(self, batch: Prepared, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Model outputs plus the requested tensors for the batch, computed once and kept in batch.cache."""

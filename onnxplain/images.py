@@ -107,17 +107,19 @@ class InputSpec:
         return cls(name, "NHWC" if nhwc else "NCHW", c if isinstance(c, int) else 3, size)
 
 
-def decode(source: ImageSource, limits: Limits | None = None) -> np.ndarray:
+def decode(source: ImageSource, limits: Limits | None = None, name: str | os.PathLike | None = None) -> np.ndarray:
     """An RGB (or gray / RGBA as decoded) uint8 array from a path, encoded bytes or an array.
 
     Encoded images are checked against `limits.max_pixels` from their header before decoding, and JPEG
-    EXIF orientation is applied, so portrait photos reach the model upright.
+    EXIF orientation is applied, so portrait photos reach the model upright. `name` is the file encoded
+    bytes were read from (a batch job reads them itself): error sentences then name that file, as for a path.
     """
     limits = limits or Limits()
     if isinstance(source, np.ndarray):
         return _from_array(source, limits)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data, label = np.frombuffer(bytes(source), np.uint8), "The image bytes"
+        label = "The image bytes" if name is None else f"Image file '{name}'"
+        data = np.frombuffer(bytes(source), np.uint8)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
@@ -276,19 +278,21 @@ class Prepared:
 
 
 def prepare(sources: Sequence[ImageSource], spec: InputSpec, pre: Preprocess,
-            limits: Limits | None = None) -> Prepared:
+            limits: Limits | None = None, files: Sequence[str | None] | None = None) -> Prepared:
     """Decode, convert channels, resize and normalise images into one batch in the model's layout.
 
     Originals longer than `limits.max_output_side` are scaled down first, so heatmaps and overlays at the
-    original's size stay bounded (boxes in original pixels are scaled alike by the PixelMap).
+    original's size stay bounded (boxes in original pixels are scaled alike by the PixelMap). `files` names
+    the file each encoded source was read from (see `decode`).
     """
     limits = limits or Limits()
     if not len(sources):
         raise ImageError("No images were given; pass at least one image (a path, encoded bytes or an array).")
     size = spec.size or pre.size or (224, 224)
+    files = list(files) if files is not None else [None] * len(sources)
     originals, maps, tensors, names = [], [], [], []
-    for i, source in enumerate(sources):
-        image, scale = bounded(to_channels(decode(source, limits), spec.channels), limits.max_output_side)
+    for i, (source, file) in enumerate(zip(sources, files)):
+        image, scale = bounded(to_channels(decode(source, limits, file), spec.channels), limits.max_output_side)
         if image.shape[2] == 3 and image.ndim == 3 and spec.channels == 3:
             rgb = image
         else:
@@ -301,7 +305,7 @@ def prepare(sources: Sequence[ImageSource], spec: InputSpec, pre: Preprocess,
         tensors.append(normalise(pixels, pre))
         originals.append(np.ascontiguousarray(rgb))
         maps.append(PixelMap(matrix, image.shape[:2], size, scale))
-        names.append(str(source) if isinstance(source, (str, os.PathLike)) else f"image{i}")
+        names.append(str(source) if isinstance(source, (str, os.PathLike)) else str(file or f"image{i}"))
     x = np.stack(tensors).astype(np.float32)
     if spec.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)

@@ -129,9 +129,7 @@ class ErrorRows:
                 return
             errors = {r["error"] for r in self.pending}
             if len(errors) == 1 and None not in errors:
-                first = self.pending[0]  # one image: its file named, as for any image file the CLI reads
-                raise UserError(naming_the_file(first["error"], first["source"]) if len(self.pending) == 1
-                                else errors.pop())
+                raise UserError(errors.pop())
             rows, self.pending, self.probe = self.pending, [], 0
         for row in rows:
             if row["error"] is not None:
@@ -178,10 +176,3 @@ def finish(report: dict, where: str) -> None:
     if report["errors"]:
         click.get_current_context().exit(1)
 
-
-def naming_the_file(message: str, path) -> str:
-    """A decoding error about "the image (bytes)" said of the file it came from, as for any image file."""
-    for lead in ("The image bytes", "The image"):
-        if message.startswith(lead):
-            return f"Image file '{path}'" + message[len(lead):]
-    return message

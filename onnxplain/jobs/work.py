@@ -121,7 +121,7 @@ class Worker:
         for i, blob in enumerate(blobs):
             if rows[i]["error"] is None:
                 try:
-                    prepared.append(self.explainer.prepare(blob))
+                    prepared.append(self.explainer.prepare(blob, files=[items[i].path]))
                     good.append(i)
                 except UserError as exc:
                     rows[i]["error"] = str(exc)

@@ -104,12 +104,14 @@ def test_a_bad_image_is_one_stderr_line_and_the_others_are_written(model, photos
     result = explain(model, str(root), "--out", str(out))
     assert result.exit_code == 1
     assert [line for line in result.stderr.strip().splitlines() if not line.startswith("warning:")] == [
-        "failed: a/broken.png: The image bytes could not be decoded as an image; use a format opencv reads "
-        "(PNG, JPEG, ...)."]
+        f"failed: a/broken.png: Image file '{root / 'a' / 'broken.png'}' could not be decoded as an image; use a "
+        "format opencv reads (PNG, JPEG, ...)."]
     assert result.stdout.strip().splitlines()[-1] == (
         f"4 images: 4 written, 0 already done, 1 failed (their error rows are in the results; exit code 1) -> {out}")
     found = rows(out)
-    assert found["a/broken.png"]["explanations"] == [] and found["a/broken.png"]["error"].startswith("The image")
+    assert found["a/broken.png"]["explanations"] == [] and found["a/broken.png"]["error"] == (
+        f"Image file '{root / 'a' / 'broken.png'}' could not be decoded as an image; use a format opencv reads "
+        "(PNG, JPEG, ...).")
     assert sum(r["error"] is None and len(r["explanations"]) == 1 for r in found.values()) == 3
     assert json.loads((out / "explain.json").read_text())["errors"][0]["image"] == "a/broken.png"
 
@@ -121,6 +123,17 @@ def test_settings_that_fail_every_image_exit_2_and_write_nothing(model, photos, 
     assert result.exit_code == 2
     assert result.output.strip() == ("error: Target class 7 is out of range: output 'scores' has 3 classes "
                                      "(0..2).")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_only_image_is_refused_naming_its_file(model, tmp_path):
+    """The sentence comes from images.decode, told the file the job read the bytes from."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    result = explain(model, str(broken), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: Image file '{broken}' could not be decoded as an image; use a format "
+                                     "opencv reads (PNG, JPEG, ...).")
     assert not (tmp_path / "out").exists()
 
 
@@ -194,8 +207,8 @@ def test_features_embed_streams_a_folder_and_matches_the_api(model, photos, tmp_
     result = CliRunner().invoke(main, ["--quiet", "features", "embed", model, str(root), "--out", str(out),
                                        "--preset", "raw01", "--flush-every", "3"])
     assert result.exit_code == 1   # the empty file failed
-    assert result.stderr.strip() == ("failed: b/zz.png: The image bytes could not be decoded as an image; use a "
-                                     "format opencv reads (PNG, JPEG, ...).")
+    assert result.stderr.strip() == (f"failed: b/zz.png: Image file '{root / 'b' / 'zz.png'}' could not be decoded "
+                                     "as an image; use a format opencv reads (PNG, JPEG, ...).")
     assert result.stdout.strip().splitlines()[0].startswith("7 x 8 at ")   # 7 vectors of conv2's 8 channels
     loaded = Embedding.load(out)
     expected = embed(Explainer(model, preprocess="raw01", quiet=True), sorted(str(p) for p in root.rglob("*.png")

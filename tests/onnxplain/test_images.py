@@ -32,6 +32,13 @@ def test_bad_images_raise_one_sentence(tmp_path):
         decode(bad)
     with pytest.raises(ImageError, match="does not exist"):
         decode(tmp_path / "missing.png")
+    sentence = "could not be decoded as an image; use a format opencv reads (PNG, JPEG, ...)."
+    with pytest.raises(ImageError) as bytes_error:
+        decode(b"not an image")
+    assert str(bytes_error.value) == f"The image bytes {sentence}"
+    with pytest.raises(ImageError) as named_error:   # bytes a batch job read from a file: that file named
+        decode(b"not an image", name=bad)
+    assert str(named_error.value) == f"Image file '{bad}' {sentence}"
     with pytest.raises(ImageError, match="takes 5-channel images"):
         prepare([np.zeros((8, 8, 3), np.uint8)], InputSpec("x", "NCHW", 5, (8, 8)), preset("raw01"))
     with pytest.raises(ImageError, match="Unknown preprocessing preset"):

@@ -130,7 +130,8 @@ def test_a_bad_image_is_an_error_row_and_the_run_goes_on(tmp_path, model):
     report = run_job(spec_for(model), tmp_path / "imgs", tmp_path / "out", flush_every=2)
     assert (report.total, report.done, report.errors) == (6, 6, 1)
     rows = rows_by_path(read_results(tmp_path / "out"))
-    assert rows["a/broken.jpg"]["error"].startswith("The image bytes could not be decoded as an image")
+    assert rows["a/broken.jpg"]["error"] == (f"Image file '{tmp_path / 'imgs' / 'a' / 'broken.jpg'}' could not be "
+                                             "decoded as an image; use a format opencv reads (PNG, JPEG, ...).")
     assert rows["a/broken.jpg"]["explanations"] == [] and rows["a/broken.jpg"]["predictions"] == []
     good = [r for r in rows.values() if r["error"] is None]
     assert len(good) == 5 and all(len(r["explanations"]) == 2 and len(r["predictions"]) == 3 for r in good)
