@@ -279,15 +279,3 @@ def region_from_mask(output: str, mask: np.ndarray, channel: int, reduce: str = 
     """A region target from a boolean mask at the output map's resolution."""
     return RegionTarget(output, channel=channel, mask=np.asarray(mask, bool), reduce=reduce)
 
-
-def output_kind(shape: Sequence) -> str:
-    """A guess of what an output holds: class scores, detection rows, dense map, or other."""
-    dims = [d for d in shape[1:]]
-    if len(dims) == 1 or (len(dims) == 3 and dims[1:] == [1, 1]):
-        return "class scores"
-    if len(dims) == 2:
-        return "detection rows" if all(isinstance(d, int) for d in dims) and max(dims) > 4 * min(dims) \
-            and min(dims) >= 5 else "vectors"
-    if len(dims) == 3:
-        return "dense map"
-    return "other"

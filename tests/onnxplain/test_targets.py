@@ -11,7 +11,7 @@ import onnxplain
 import real_models
 from onnxplain.errors import TargetError
 from onnxplain.images import preset
-from onnxplain.targets import BoxLayout, BoxTarget, ClassTarget, RegionTarget, output_kind
+from onnxplain.targets import BoxLayout, BoxTarget, ClassTarget, RegionTarget
 
 
 class TinyYolo(nn.Module):
@@ -98,8 +98,8 @@ def test_box_target_explanation_peaks_in_the_box(tmp_path):
 def test_outputs_chosen_by_name_and_region_target(tmp_path):
     path = export_named(TwoHeads(), tmp_path / "two.onnx", ["logits", "segmentation"])
     explainer = onnxplain.load(path, preprocess="raw01", quiet=True)
-    kinds = {o.name: output_kind(o.shape) for o in explainer.model.outputs}
-    assert kinds == {"logits": "class scores", "segmentation": "dense map"}
+    kinds = {o.name: o.kind for o in explainer.task.outputs}   # task.classify_output's kinds
+    assert kinds == {"logits": "class logits", "segmentation": "dense map"}
     images = helpers.random_images(1, seed=3)
     [on_logits] = explainer.explain(images, method="score-cam", target=2, output="logits")
     assert on_logits.target["output"] == "logits" and on_logits.target["index"] == 2
