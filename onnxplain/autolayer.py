@@ -9,7 +9,7 @@ the walk goes back while the target's score does not move.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -29,7 +29,8 @@ MAX_PROBES = 8
 
 
 def candidates(model: "Model", output: str) -> list["TensorInfo"]:
-    """Spatial feature tensors on the path to `output`, last first (the filter of Model.auto_layer)."""
+    """Spatial feature tensors on the path to `output`, last first: H, W > 1, not a graph output, and more
+    channels than a dense output has (so a detector's or segmenter's own 1x1-conv head is skipped)."""
     ancestors = model.ancestors(output)
     outputs = {o.name for o in model.proto.graph.output}
     out_info = model.tensors.get(output)
@@ -130,7 +131,13 @@ def depends(explainer: "Explainer", batch: "Prepared", info: "TensorInfo", targe
 def choose(explainer: "Explainer", batch: "Prepared", output: str, targets: Sequence["Target"],
            probe: bool = True) -> tuple[str, str]:
     """(tensor name, why) of the auto layer for these targets on `output`."""
-    model = explainer.model
+    keep = (lambda info: _probe_ok(explainer, batch, info, targets[0])) if probe and targets else None
+    return pick(explainer.model, output, keep)
+
+
+def pick(model: "Model", output: str, keep: Callable[["TensorInfo"], bool] | None = None) -> tuple[str, str]:
+    """(tensor name, why) of the last candidate not read only at its class token that passes `keep` (the probe,
+    tried on at most MAX_PROBES tensors); with no `keep`, the graph's own choice (Model.auto_layer)."""
     found = candidates(model, output)
     if not found:
         raise TensorNameError(f"The model has no spatial tensor on the path to output '{output}'; "
@@ -140,7 +147,7 @@ def choose(explainer: "Explainer", batch: "Prepared", output: str, targets: Sequ
         if info.layout == "tokens" and class_token_only(model, info.name):
             skipped.append(f"'{info.name}' (read only at the class token)")
             continue
-        if probe and targets and len(skipped) < MAX_PROBES and not _probe_ok(explainer, batch, info, targets[0]):
+        if keep is not None and len(skipped) < MAX_PROBES and not keep(info):
             skipped.append(f"'{info.name}' (zeroing its positions does not change the target's score)")
             continue
         kind = "token grid %dx%d" % info.grid if info.layout == "tokens" else f"{info.layout} map"

@@ -260,24 +260,10 @@ class Model:
         return [t for t in self.layers if t.spatial]
 
     def auto_layer(self, output: str | None = None) -> tuple[str, str]:
-        """The last spatial feature tensor on the path to the output; returns (name, why).
-
-        Feature tensor: H, W > 1, and more channels than a dense output has (so a detector's or
-        segmenter's own 1x1-conv head, and the outputs themselves, are skipped).
-        """
-        output = output or self.outputs[0].name
-        ancestors = self.ancestors(output)
-        outputs = {o.name for o in self.proto.graph.output}
-        out_info = self.tensors.get(output)
-        head_channels = out_info.channels if out_info is not None and out_info.spatial else 1
-        for info in reversed(self.spatial_layers):
-            if info.name in ancestors and info.name not in outputs and min(info.hw or (2, 2)) > 1 \
-                    and (info.channels or 2) > max(head_channels or 1, 1):
-                kind = "token grid %dx%d" % info.grid if info.layout == "tokens" else f"{info.layout} map"
-                return info.name, (f"last spatial tensor ({kind}, shape {_fmt_shape(info.shape)}, op {info.op_type})"
-                                   f" on the path to output '{output}'")
-        raise TensorNameError(f"The model has no spatial tensor on the path to output '{output}'; "
-                              "name a layer explicitly (see `onnxplain inspect --spatial`).")
+        """(name, why) of the auto layer from the graph alone (no probe): autolayer.pick, what explain
+        picks when its probe skips nothing."""
+        from .autolayer import pick
+        return pick(self, output or self.outputs[0].name)
 
     def ancestors(self, name: str) -> set[str]:
         """Every tensor the given tensor depends on, itself included."""

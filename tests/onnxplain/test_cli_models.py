@@ -315,8 +315,10 @@ def test_inspect_auto_layer_is_the_one_explain_uses(tmp_path):
     image = save(tmp_path / "x.png", np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     report = json.loads(run("inspect", path, image, "--json").output)
     from onnxplain import Explainer
-    graph_choice, _ = Explainer(path, quiet=True).model.auto_layer()
-    assert report["auto_layer"]["name"] != graph_choice
+    from onnxplain.autolayer import candidates
+    model = Explainer(path, quiet=True).model
+    assert report["auto_layer"]["name"] != candidates(model, model.outputs[0].name)[0].name   # the last one
+    assert report["auto_layer"]["name"] == model.auto_layer()[0]   # the graph's choice skips it too
     assert "read only at the class token" in report["auto_layer"]["why"]
     run("explain", path, image, "-m", "recipro-cam", "--out", tmp_path / "o")
     [entry] = explained(tmp_path / "o")["explanations"]

@@ -9,6 +9,7 @@ from torch import nn
 
 import helpers
 import real_models
+from zoo import MODELS, zoo_exports  # noqa: F401  (the session fixture)
 from onnxplain.errors import ModelError, TensorNameError
 from onnxplain.model import Model
 
@@ -79,6 +80,21 @@ def test_real_models_auto_layers(effnet):
         model = Model.load(path, probe_size=size)
         assert model.auto_layer()[0] == expected
         assert model.tensors[expected].shape[1:] == shape
+
+
+@pytest.mark.parametrize("name", [*MODELS, "efficientnet-lite0"])
+def test_model_auto_layer_is_what_explain_picks(name, zoo_exports, effnet):
+    """Model.auto_layer (check_cost, the server's /model) and explain's probed choice agree; on the ViT both
+    skip the final LayerNorm, read only at its class token."""
+    import onnxplain
+    path = effnet if name == "efficientnet-lite0" else zoo_exports.path(name, "legacy17")
+    explainer = onnxplain.load(path, preprocess=None if name == "efficientnet-lite0" else "raw01", quiet=True)
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    output = explainer.model.outputs[0].name
+    [attribution] = explainer.explain([image], method="eigen-cam", output=output)
+    assert explainer.model.auto_layer(output)[0] == attribution.layer, name
+    if name == "vit":
+        assert "read only at the class token" in explainer.model.auto_layer(output)[1]
 
 
 def test_constant_node_weights_are_weights_not_layers():
