@@ -282,11 +282,13 @@ class Explainer:
         per_image = resolve(target, self._context(batch, output, probability, box_layout, exposed))
         index = [i for i, targets in enumerate(per_image) for _ in targets]
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
-        work = batch if len(index) == len(batch) else batch.select(index)
-        if auto and layer_name is None:  # chosen (and probed) once per output: later calls reuse it
-            self._auto_layers[output] = layer_name, why = autolayer.choose(self, work, output, flat_targets,
+        if auto and layer_name is None:  # chosen (and probed, on the first target's image) once per output
+            first = batch if index[:1] in ([], [0]) else batch.select(index[:1])
+            self._auto_layers[output] = layer_name, why = autolayer.choose(self, first, output, flat_targets,
                                                                            probe=True)
-        self.limits.check_forwards(cls.name, cls.cost(method_params, batch.hw, self._layer_shape(layer_name)))
+        self.limits.check_forwards(cls.name, cls.cost(method_params, batch.hw, self._layer_shape(layer_name)),
+                                   1 if cls.multi_target else max(map(len, per_image)))  # before any copy
+        work = batch if len(index) == len(batch) else batch.select(index)
         if cls.multi_target:  # one set of forwards per image serves all its targets
             raw = self._run_method(cls(method_params), batch, per_image, layer_name, many=True)
         else:

@@ -54,8 +54,14 @@ class Limits:
             raise PixelLimitError(f"{label} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit "
                              f"of {self.max_pixels / 1e6:g} megapixels; scale it down or raise --max-pixels.")
 
-    def check_forwards(self, method: str, forwards: int) -> None:
-        """Refuse an explanation whose estimated forward passes per image exceed max_forwards."""
+    def check_forwards(self, method: str, forwards: int, targets: int = 1) -> None:
+        """Refuse an explanation whose estimated forward passes per image exceed max_forwards; `targets` is how
+        many targets of one image the method runs one by one (its forwards are paid once per target)."""
+        if targets > 1 and forwards * targets > self.max_forwards:
+            raise LimitError(f"Method '{method}' runs once per target: {targets:,} targets of about {forwards:,} "
+                             f"forward passes each need about {forwards * targets:,} per image, over the limit of "
+                             f"{self.max_forwards:,}; ask for fewer targets (-t), lower n or steps, or raise "
+                             "--max-forwards.")
         if forwards > self.max_forwards:
             raise LimitError(f"Method '{method}' with these parameters needs about {forwards:,} forward passes per "
                              f"image, over the limit of {self.max_forwards:,}; lower n, steps or the number of "

@@ -427,3 +427,28 @@ def test_server_answers_nonfinite_scores_as_strict_json(files):
     assert response.status_code == 200
     answer = json.loads(response.text, parse_constant=lambda c: pytest.fail(f"bare {c} in the answer"))
     assert answer["top"][0]["score"] is None and answer["top"][0]["probability"] is None
+
+
+def test_targets_run_one_by_one_multiply_the_forward_count(effnet, tmp_path, monkeypatch):
+    """grad-cam runs once per target: `-t all` on a 1000-class model is 1000 times its cost, refused before any
+    backward pass; a method that explains every target in one run (recipro-cam) pays its forwards once."""
+    from onnxplain.explainer import Explainer
+    image = tmp_path / "x.png"
+    image.write_bytes(png(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    ran = []
+    real_run = Explainer._run_method
+    monkeypatch.setattr(Explainer, "_run_method", lambda self, method, *a, **k: ran.append(method.name)
+                        or real_run(self, method, *a, **k))
+    result = CliRunner().invoke(main, ["--quiet", "explain", str(effnet), str(image), "-m", "grad-cam", "-t", "all",
+                                       "--max-forwards", "500", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and ran == []
+    assert result.output.strip() == ("error: Method 'grad-cam' runs once per target: 1,000 targets of about 1 "
+                                     "forward passes each need about 1,000 per image, over the limit of 500; ask "
+                                     "for fewer targets (-t), lower n or steps, or raise --max-forwards.")
+    explainer = onnxplain.load(effnet, quiet=True, max_forwards=60)
+    with pytest.raises(UserError, match="^Method 'grad-cam' runs once per target: 5 targets of about 1 forward "
+                                        "passes each need about 5 per image, over the limit of 4;"):
+        onnxplain.load(effnet, quiet=True, max_forwards=4).explain(str(image), method="grad-cam", target="top5")
+    assert ran == []
+    top5 = explainer.explain(str(image), method="recipro-cam", target="top5")   # 1 + 7 x 7 forwards, not 5 x 50
+    assert len(top5) == 5 and ran == ["recipro-cam"]
