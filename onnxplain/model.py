@@ -260,9 +260,9 @@ class Model:
         return [t for t in self.layers if t.spatial]
 
     def auto_layer(self, output: str | None = None) -> tuple[str, str]:
-        """(name, why) of the auto layer from the graph alone (no probe): autolayer.pick, what explain
+        """(name, why) of the auto layer from the graph alone (no probe): layerpick.pick, what explain
         picks when its probe skips nothing."""
-        from .autolayer import pick
+        from .layerpick import pick
         return pick(self, output or self.outputs[0].name)
 
     def ancestors(self, name: str) -> set[str]:
