@@ -29,9 +29,7 @@ COMMANDS = {
 @click.version_option(package_name="onnxplain")
 def main(quiet: bool) -> None:
     """Explain image models stored as ONNX: heatmaps, features, synthesis, audits."""
-    if quiet:
-        from .. import progress
-        progress.QUIET = True
+    # --quiet stays this invocation's: the commands read it with common.quiet() and pass it down
 
 
 __all__ = ["main", "Group", "Command", "LazyGroup", "ModelOptions", "model_options", "COMMANDS"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import HELP, Command, model_options, param_option
+from .common import HELP, Command, cli_quiet, model_options, param_option
 
 
 @click.command("audit", cls=Command, context_settings=HELP)
@@ -54,7 +54,6 @@ def audit_command(ctx, model, images, methods, compare, boxes, out_dir, fail_und
     Exit codes: 0 all thresholds met, 1 a --fail-under/--fail-over threshold violated, 2 a usage error,
     130 interrupted (the partial report is written).
     """
-    from .. import progress
     from ..audit import AuditOptions, format_summary, parse_method_params, parse_threshold, run_audit
     from ..errors import UserError
     thresholds = [parse_threshold(t, "under") for t in fail_under] + [parse_threshold(t, "over") for t in fail_over]
@@ -69,7 +68,7 @@ def audit_command(ctx, model, images, methods, compare, boxes, out_dir, fail_und
     try:
         report = run_audit(model, images, out, options, compare=compare, boxes=boxes, thresholds=thresholds,
                            preset=models.preset, labels=models.labels, device=models.device, limit=limit,
-                           quiet=progress.QUIET, explainer_options=models.explainer_options())
+                           quiet=cli_quiet(), explainer_options=models.explainer_options())
     except KeyboardInterrupt:
         click.echo(f"interrupted: the partial report is in {out / 'audit.html'}", err=True)
         ctx.exit(130)

@@ -118,11 +118,16 @@ class ModelOptions:
 
     def explainer(self, model: str, quiet: bool | None = None) -> Any:
         """The Explainer these options describe (progress bars follow `onnxplain --quiet` unless told)."""
-        from .. import progress
         from ..explainer import Explainer
         extra = {} if self.batch_size is None else {"batch_size": self.batch_size}
         return Explainer(model, preprocess=self.preset, labels=self.labels, device=self.device, engine=self.engine,
-                         quiet=progress.QUIET if quiet is None else quiet, **extra, **self.explainer_options())
+                         quiet=cli_quiet() if quiet is None else quiet, **extra, **self.explainer_options())
+
+
+def cli_quiet() -> bool:
+    """Whether this invocation of `onnxplain` was given --quiet (read from the root command's context)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("quiet"))
 
 
 def model_options(engine: bool = False, batch_size: int | None = None) -> Callable:

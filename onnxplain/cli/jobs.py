@@ -84,9 +84,9 @@ def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: Jo
     """Run `spec` over `sources` into `out` as the options say; returns the report (total, done, skipped,
     errors). Error rows print as one line each on stderr. A setting that fails the run's first images all
     the same way raises that one sentence, and what this run wrote into `out` is removed again."""
-    from .. import progress
     from ..errors import UserError
     from ..jobs import check_shard, list_inputs
+    from .common import cli_quiet
     from ..jobs.inputs import select
     shard = check_shard(jobs.shard)
     if jobs.actors is not None and not jobs.ray:
@@ -102,7 +102,7 @@ def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: Jo
         resumed = jobs.resume and (out / "job.json").is_file()   # settings already ran there: no probe
         watch = ErrorRows(0 if resumed else min(len(items), SETTINGS_PROBE))
         report = run_job(spec, items, out, resume=jobs.resume, threads=jobs.threads, flush_every=jobs.flush_every,
-                         quiet=progress.QUIET, on_batch=watch)
+                         quiet=cli_quiet(), on_batch=watch)
         return report.as_dict()
     except UserError:  # nothing this run wrote stays: a folder it made, or what it added to one that was there
         if not existed:

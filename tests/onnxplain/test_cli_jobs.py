@@ -229,8 +229,6 @@ def test_audit_defaults_are_the_audit_options():
 
 
 def test_audit_reads_a_manifest_and_prints_its_plan_first(model, photos, tmp_path, monkeypatch):
-    from onnxplain import progress
-    monkeypatch.setattr(progress, "QUIET", False)   # `--quiet` in earlier tests of this process set it
     manifest = photos / "some.jsonl"
     manifest.write_text("\n".join(json.dumps({"path": p}) for p in ("a/0.png", "b/1.png")) + "\n")
     out = tmp_path / "audit"
