@@ -338,8 +338,8 @@ def _plan(audit: Audit, paths: Sequence[Path], quiet: bool) -> dict | None:
             first = audit.explainer.prepare([str(path)])
         except ImageError:
             continue
-        cost = audit_cost(audit.explainer, audit.options, len(paths), audit.other is not None, first,
-                          audit.layer_for)
+        cost = audit_cost(audit.explainer, audit.options, len(paths), audit.other, first, audit.layer_for,
+                          list(audit.drift_skipped))
         if not quiet:
             print(format_cost(cost), file=sys.stderr)
         return cost

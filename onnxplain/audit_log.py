@@ -6,7 +6,7 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .writing import dumps, make_dirs, write_bytes, write_text
 
@@ -121,16 +121,18 @@ def method_cost(explainer: "Explainer", method: str, image, params: dict, layer:
     return forwards, seconds
 
 
-def audit_cost(explainer: "Explainer", options: "AuditOptions", images: int, compare: bool,
-               first_image, layer_for) -> dict:
-    """The audit's plan in forward passes per step and an estimate of its seconds, from one measured image.
+def audit_cost(explainer: "Explainer", options: "AuditOptions", images: int, other: "Explainer | None",
+               first_image, layer_for, skipped: Sequence[str] = ()) -> dict:
+    """The audit's plan in forward passes per step and its seconds, from runs measured on the first image.
 
     Steps: each image's explanations, its deletion/insertion curves (2 (steps + 1) forwards per method), the
-    second model's explanations (assumed as costly as the first's), and the sanity check (one explanation per
-    sanity image per randomised model, for each method).
+    second model's explanations (all but the `skipped` methods), and the sanity check (one explanation per
+    sanity image per randomised model, for each method). Each model variant is timed once, on what it runs:
+    the second model (often an int8 copy, slower or faster than the first) and a randomised twin, which every
+    sanity step builds afresh (its build, session and first run count each time).
     """
-    per_method = {m: method_cost(explainer, m, first_image, options.params.get(m, {}), layer_for(m))
-                  for m in options.methods}
+    params = lambda m: options.params.get(m, {})  # noqa: E731
+    per_method = {m: method_cost(explainer, m, first_image, params(m), layer_for(m)) for m in options.methods}
     batch = explainer.prepare(first_image)
     started = time.perf_counter()
     explainer.run(batch.x[[0] * 2 * (options.steps + 1)])
@@ -138,18 +140,62 @@ def audit_cost(explainer: "Explainer", options: "AuditOptions", images: int, com
     curves = 2 * (options.steps + 1)
     sanity_models = _sanity_models(explainer, options) if options.sanity else 0
     sanity_images = min(options.sanity_images, images) if options.sanity else 0
+    compared = [m for m in options.methods if m not in skipped] if other is not None else []
+    second = {m: _compare_seconds(explainer, other, m, first_image, params(m), layer_for(m)) for m in compared}
+    twin = {m: _twin_seconds(explainer, m, first_image, params(m), layer_for(m))
+            for m in options.methods} if sanity_models and sanity_images else {}
     steps = {
         "explain": {m: images * f for m, (f, _) in per_method.items()},
         "deletion_insertion": {m: images * curves for m in per_method},
-        "compare": {m: images * f for m, (f, _) in per_method.items()} if compare else {},
+        "compare": {m: images * per_method[m][0] for m in compared},
         "sanity": {m: sanity_models * sanity_images * f for m, (f, _) in per_method.items()}}
-    seconds_per = {m: s for m, (_, s) in per_method.items()}
-    estimate = sum(images * (1 + compare) * s for s in seconds_per.values())
-    estimate += sum(sanity_models * sanity_images * s for s in seconds_per.values())
-    estimate += images * len(per_method) * curve_seconds
+    units = {"explain": {m: s for m, (_, s) in per_method.items()},
+             "deletion_insertion": {m: curve_seconds for m in per_method},
+             "compare": second,
+             "twin": twin}
+    seconds = plan_seconds(units, images, sanity_models, sanity_images)
     total = sum(sum(step.values()) for step in steps.values())
     return {"images": images, "forwards": steps, "total_forwards": total, "sanity_models": sanity_models,
-            "seconds_per_image": seconds_per, "estimated_seconds": round(estimate, 1)}
+            "seconds_per_image": units["explain"], "seconds": seconds,
+            "estimated_seconds": round(sum(sum(step.values()) for step in seconds.values()), 1)}
+
+
+def plan_seconds(units: dict, images: int, sanity_models: int, sanity_images: int) -> dict:
+    """Seconds per step and method: how often each step runs times its measured unit. `units` holds one
+    image's seconds per method for `explain` (the first model), `deletion_insertion` (one image's curves) and
+    `compare` (the second model), and for `twin` a randomised twin's build plus its first image."""
+    explain = units["explain"]
+    return {"explain": {m: images * s for m, s in explain.items()},
+            "deletion_insertion": {m: images * s for m, s in units["deletion_insertion"].items()},
+            "compare": {m: images * s for m, s in units["compare"].items()},
+            # the original maps of the sanity images, then per twin: its build and first image, then the rest
+            "sanity": {m: sanity_images * explain[m] + sanity_models * (s + (sanity_images - 1) * explain[m])
+                       for m, s in units["twin"].items()}}
+
+
+def _compare_seconds(explainer: "Explainer", other: "Explainer", method: str, image, params: dict,
+                     layer: str | None) -> float:
+    """One image's prediction and explanation on the second model, as image_drift runs them; timed on a second
+    run, as the audit's images run (the first converts the model for gradient methods, once)."""
+    from .metrics.drift import layer_in
+    for _ in range(2):
+        started = time.perf_counter()
+        batch = other.prepare(image)
+        other.predict(batch)
+        other.explain(batch, method=method, target="predicted", layer=layer_in(other, layer), **params)
+    return time.perf_counter() - started
+
+
+def _twin_seconds(explainer: "Explainer", method: str, image, params: dict, layer: str | None) -> float:
+    """A randomised twin built (every weight layer randomised, as the full cascade) and its first explanation."""
+    from .metrics import weight_layers
+    from .surgery import randomise
+    names = [w for entry in weight_layers(explainer.model) for w in entry.weights]
+    started = time.perf_counter()
+    twin = explainer.twin(randomise(explainer.model.proto, names, seed=0))
+    twin.explain(image, method=method, target="predicted",
+                 layer=explainer.model.resolve_layer(layer) if layer is not None else None, **params)
+    return time.perf_counter() - started
 
 
 def _sanity_models(explainer: "Explainer", options: "AuditOptions") -> int:

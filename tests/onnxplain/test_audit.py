@@ -282,6 +282,10 @@ def test_audit_streams_to_a_log_and_plans_its_cost_first(region_model, folder, t
     assert cost["sanity_models"] == 4 and cost["forwards"]["sanity"] == {"eigen-cam": 8}  # each twin probes once
     assert cost["total_forwards"] == 6 + 54 + 8
     assert "audit plan: 3 images, 68 forward passes" in capsys.readouterr().err
+    seconds = cost["seconds"]   # each step: its runs times its variant's measured unit
+    assert seconds["explain"]["eigen-cam"] == pytest.approx(3 * cost["seconds_per_image"]["eigen-cam"])
+    assert seconds["compare"] == {} and seconds["sanity"]["eigen-cam"] > cost["seconds_per_image"]["eigen-cam"]
+    assert cost["estimated_seconds"] == round(sum(sum(step.values()) for step in seconds.values()), 1)
     html = (out / "audit.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 * 2 + 1
 
@@ -308,3 +312,18 @@ def test_report_curves_have_axes_ticks_units_and_a_legend(region_model, tmp_path
                                                                           ("#2460a7", "insertion")]
     assert [label for label, _ in y_ticks({"deletion": [0.2, 1.4]}, 100, 5)] == ["0", "0.7", "1.4"]
     assert [y for _, y in y_ticks({"deletion": [0.2, 0.4]}, 100, 5)] == ["95.0", "50.0", "5.0"]
+
+
+def test_plan_seconds_scale_with_each_variants_runs():
+    """Seconds per step are the step's runs times the unit measured on the model that runs it: the first model's
+    explanations and curves per image, the second model's own time per image, and per randomised twin its
+    build and first image plus the other sanity images at the first model's rate (and the original maps once)."""
+    from onnxplain.audit_log import plan_seconds
+    units = {"explain": {"a": 0.5, "b": 2.0}, "deletion_insertion": {"a": 0.25, "b": 0.25}, "compare": {"a": 3.0},
+             "twin": {"a": 1.0, "b": 4.0}}
+    three, six = plan_seconds(units, 3, 4, 2), plan_seconds(units, 6, 4, 2)
+    assert three["explain"] == {"a": 1.5, "b": 6.0} and six["explain"] == {"a": 3.0, "b": 12.0}
+    assert three["deletion_insertion"] == {"a": 0.75, "b": 0.75} and six["deletion_insertion"] == {"a": 1.5, "b": 1.5}
+    assert three["compare"] == {"a": 9.0} and six["compare"] == {"a": 18.0}   # the second model's rate, not the first's
+    assert three["sanity"] == six["sanity"] == {"a": 2 * 0.5 + 4 * (1.0 + 0.5), "b": 2 * 2.0 + 4 * (4.0 + 2.0)}
+    assert plan_seconds(units, 3, 8, 2)["sanity"] == {"a": 1.0 + 8 * 1.5, "b": 4.0 + 8 * 6.0}   # twice the twins
