@@ -25,7 +25,7 @@ from .numeric import softmax
 from .predictions import Prediction, read_labels, structured_prediction
 from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
 from .surgery import Split, split
-from .mapcheck import map_warnings
+from .mapcheck import map_warnings_many
 from .targets import BoxLayout, Context, Target, resolve
 from .task import understand
 
@@ -296,8 +296,9 @@ class Explainer:
         extras = [{**e, "auto_layer": why} if why else e for e in raw.extras]
         # once per image, not per target: what the model saw, and the heatmaps made (batched) on first read
         heatmaps = {j: ImageHeatmaps(batch.hw, batch.pixel_maps[j]) for j in set(index)}
+        checks = map_warnings_many(raw.maps)  # every map checked in one pass
         return [self._attribution(cls, method_params, batch, index[i], t, layer_name, raw.maps[i], extras[i],
-                                  output, heatmaps[index[i]]) for i, t in enumerate(flat_targets)]
+                                  output, heatmaps[index[i]], checks[i]) for i, t in enumerate(flat_targets)]
 
     def check_cost(self, method: str, params: dict | None = None, layer: str | None = "auto",
                    output: str | None = None) -> int:
@@ -370,11 +371,11 @@ class Explainer:
 
     def _attribution(self, cls: type[Method], params: Any, batch: Prepared, image: int, target: Target,
                      layer: str | None, raw: np.ndarray, extras: dict, output: str,
-                     heatmaps: ImageHeatmaps) -> Attribution:
+                     heatmaps: ImageHeatmaps, checks: list[str]) -> Attribution:
         warn_nonfinite(f"Method '{cls.name}''s map of '{batch.names[image]}'", raw)
         upsampled, heatmap = heatmaps.add(raw)  # made on first read; outside the crop (not seen) 0
         extras = dict(extras)
-        warnings = tuple(extras.pop("warnings", ())) + tuple(map_warnings(raw))  # the method's, then the map's
+        warnings = tuple(extras.pop("warnings", ())) + tuple(checks)  # the method's, then the map's
         return Attribution(method=cls.name, params=asdict(params), target=target.describe(), layer=layer,
                            raw=raw, upsampled=upsampled, heatmap=heatmap, valid=heatmaps.valid,
                            scores=batch.cache[output][image], image=batch.originals[image],

@@ -1,4 +1,4 @@
-"""Attribution heatmaps made on first read, four targets per warp.
+"""Per-target work of explain: heatmaps made on first read, four targets per warp; map checks in one pass.
 
 Known answers: on EfficientNet-Lite0 and odd-size, non-square photos under crop and letterbox geometry, every
 target's upsampled and original-size heatmap equals the per-target computation the Explainer used before
@@ -19,6 +19,7 @@ import onnxplain
 from onnxplain import heatmaps
 from onnxplain.images import PixelMap, _geometry, preset
 from onnxplain.lazy import Deferred
+from onnxplain.mapcheck import map_warnings, map_warnings_many
 from onnxplain.methods.base import Attribution
 
 LAYER = "/_swish_1/Clip_output_0"
@@ -117,3 +118,16 @@ def test_attribution_takes_arrays_or_deferred_and_stays_frozen(effnet_explainer)
     with pytest.raises(TypeError, match="heatmap"):
         Attribution(method="m", params={}, target={}, layer=None, raw=given, upsampled=given, scores=given,
                     image=given)
+
+
+def test_map_checks_of_a_stack_equal_each_maps_own():
+    """Zero, constant (above and below the 1e-7 relative spread), NaN, inf and usable maps in one stack give
+    each map's own sentences, exactly."""
+    stack = np.stack([np.zeros((7, 7)), np.full((7, 7), 0.5), np.full((7, 7), 3e4), np.eye(7),
+                      np.where(np.eye(7) > 0, np.nan, 1.0), np.where(np.eye(7) > 0, np.inf, 0.0)]).astype(np.float32)
+    stack[2, 0, 0] += 1.5e-3  # one float32 step at 3e4 (2e-3): under 1e-7 of the scale, still constant
+    stack[1, 0, 0] += 1e-3  # spread 1e-3: usable
+    expected = [map_warnings(m) for m in stack]
+    assert [len(w) for w in expected] == [1, 0, 1, 0, 1, 1]
+    assert map_warnings_many(stack) == expected
+    assert map_warnings_many(stack[:0]) == [] and map_warnings_many(np.zeros((2, 0))) == [map_warnings(np.zeros(0))] * 2
