@@ -15,6 +15,7 @@ from . import autolayer
 from . import methods as method_registry
 from .devices import plan_devices
 from .errors import DeviceError, ImageError, MethodError, ModelError, UserError
+from .heatmaps import ImageHeatmaps
 from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
 from .limits import MAX_FORWARDS, MAX_OUTPUT_SIDE, MAX_PIXELS, LimitError, Limits
 from .methods.base import Attribution, Method
@@ -24,7 +25,7 @@ from .numeric import softmax
 from .predictions import Prediction, read_labels, structured_prediction
 from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
 from .surgery import Split, split
-from .mapcheck import map_warnings
+from .mapcheck import map_warnings_many
 from .targets import BoxLayout, Context, Target, resolve
 from .task import understand
 
@@ -288,15 +289,17 @@ class Explainer:
                                                                            probe=True)
         self.limits.check_forwards(cls.name, cls.cost(method_params, batch.hw, self._layer_shape(layer_name)),
                                    1 if cls.multi_target else max(map(len, per_image)))  # before any copy
-        work = batch if len(index) == len(batch) else batch.select(index)
         if cls.multi_target:  # one set of forwards per image serves all its targets
             raw = self._run_method(cls(method_params), batch, per_image, layer_name, many=True)
-        else:
+        else:  # one row per target: a copy of the inputs and cached outputs
+            work = batch if len(index) == len(batch) else batch.select(index)
             raw = self._run_method(cls(method_params), work, flat_targets, layer_name)
         extras = [{**e, "auto_layer": why} if why else e for e in raw.extras]
-        valid = {j: batch.pixel_maps[j].valid_original() for j in set(index)}  # once per image, not per target
-        return [self._attribution(cls, method_params, work, i, t, layer_name, raw.maps[i], extras[i], output,
-                                  valid[index[i]]) for i, t in enumerate(flat_targets)]
+        # once per image, not per target: what the model saw, and the heatmaps made (batched) on first read
+        heatmaps = {j: ImageHeatmaps(batch.hw, batch.pixel_maps[j]) for j in set(index)}
+        checks = map_warnings_many(raw.maps)  # every map checked in one pass
+        return [self._attribution(cls, method_params, batch, index[i], t, layer_name, raw.maps[i], extras[i],
+                                  output, heatmaps[index[i]], checks[i]) for i, t in enumerate(flat_targets)]
 
     def check_cost(self, method: str, params: dict | None = None, layer: str | None = "auto",
                    output: str | None = None) -> int:
@@ -367,20 +370,15 @@ class Explainer:
                                   "runs on onnxruntime (see `onnxplain methods`).") from None
             raise
 
-    def _attribution(self, cls: type[Method], params: Any, batch: Prepared, i: int, target: Target,
+    def _attribution(self, cls: type[Method], params: Any, batch: Prepared, image: int, target: Target,
                      layer: str | None, raw: np.ndarray, extras: dict, output: str,
-                     valid: np.ndarray | None = None) -> Attribution:
-        import cv2
-        warn_nonfinite(f"Method '{cls.name}''s map of '{batch.names[i]}'", raw)
-        h, w = batch.hw
-        upsampled = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR) if raw.shape != (h, w) else raw
-        if valid is None:  # outside the crop the model saw nothing: no value there
-            valid = batch.pixel_maps[i].valid_original()
-        heatmap = np.where(valid, batch.pixel_maps[i].to_original(upsampled), 0).astype(np.float32, copy=False)
+                     heatmaps: ImageHeatmaps, checks: list[str]) -> Attribution:
+        warn_nonfinite(f"Method '{cls.name}''s map of '{batch.names[image]}'", raw)
+        upsampled, heatmap = heatmaps.add(raw)  # made on first read; outside the crop (not seen) 0
         extras = dict(extras)
-        warnings = tuple(extras.pop("warnings", ())) + tuple(map_warnings(raw))  # the method's, then the map's
+        warnings = tuple(extras.pop("warnings", ())) + tuple(checks)  # the method's, then the map's
         return Attribution(method=cls.name, params=asdict(params), target=target.describe(), layer=layer,
-                           raw=raw, upsampled=upsampled, heatmap=heatmap, valid=valid,
-                           scores=batch.cache[output][i], image=batch.originals[i],
-                           image_name=batch.names[i], extras=extras, warnings=warnings)
+                           raw=raw, upsampled=upsampled, heatmap=heatmap, valid=heatmaps.valid,
+                           scores=batch.cache[output][image], image=batch.originals[image],
+                           image_name=batch.names[image], extras=extras, warnings=warnings)
 

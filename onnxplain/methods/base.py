@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..errors import MethodError
+from ..lazy import LazyField
 from ..params import coerce_fields
 
 if TYPE_CHECKING:
@@ -133,14 +134,17 @@ class MultiTargetMethod(Method):
 
 @dataclass(frozen=True)
 class Attribution:
-    """One explanation of one image for one target: raw, upsampled and original-size maps plus context."""
+    """One explanation of one image for one target: raw, upsampled and original-size maps plus context.
+
+    The Explainer gives `upsampled` and `heatmap` as Deferred calls: each is made on first read and kept
+    (`target=all` holds only the raw maps until a heatmap is read)."""
     method: str
     params: dict
     target: dict
     layer: str | None
     raw: np.ndarray          # (h, w) at layer or input resolution, as the method computed it
-    upsampled: np.ndarray    # (H, W) at model-input resolution
-    heatmap: np.ndarray      # at the original image's size
+    upsampled: np.ndarray = LazyField()  # (H, W) at model-input resolution; given as a Deferred: made on first read
+    heatmap: np.ndarray = LazyField()    # at the original image's size; likewise
     scores: np.ndarray       # the model's scores for this image on the target's output
     image: np.ndarray        # the original RGB image
     image_name: str = ""
