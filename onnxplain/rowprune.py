@@ -57,8 +57,8 @@ def prune_rows(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence]) -> 
     """The model computing only the rows its row selections read; `proto` itself when nothing can be pruned.
 
     `input_shapes` gives each graph input's dims (a non-int first dim is the batch)."""
-    if _opset(proto) < MIN_OPSET:
-        return proto
+    if _opset(proto) < MIN_OPSET or not any(n.op_type in ("Gather", "Slice") for n in proto.graph.node):
+        return proto  # no selection to push: skip the probe
     shapes = probe(proto, input_shapes)
     if shapes is None:
         return proto
@@ -158,7 +158,7 @@ def _rewrite(model: ir.Model, shapes: "Probed", forced: set[str]) -> set[str] | 
     pushed, extras, seeds = {}, {}, {}
     for node in reversed(nodes):
         for value in node.outputs:
-            demand[id(value)] = _join(value, reads, graph)
+            demand[id(value)] = _join(value, reads)
         out = demand[id(node.outputs[0])] if node.outputs else FULL
         wanted = out if isinstance(out, Rows) and node.outputs[0].name not in forced else None
         found = _push(node, wanted, shapes) if wanted is not None else None
@@ -175,7 +175,15 @@ def _rewrite(model: ir.Model, shapes: "Probed", forced: set[str]) -> set[str] | 
     for node in nodes:  # values read by unchanged nodes count as wanted whole (their join above)
         for value in node.inputs:
             if value is not None and id(value) not in demand:
-                demand[id(value)] = _join(value, reads, graph)
+                demand[id(value)] = _join(value, reads)
+    taken = {v.name for n in nodes for v in n.outputs} | {v.name for v in graph.inputs}
+
+    def fresh(name: str) -> str:
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
     copies: dict[int, ir.Value] = {}
     slices: dict[tuple[int, Rows], ir.Value] = {}
     added: list[ir.Node] = []
@@ -186,8 +194,8 @@ def _rewrite(model: ir.Model, shapes: "Probed", forced: set[str]) -> set[str] | 
             return copies[id(value)]
         if (id(value), rows) not in slices:
             starts, ends, axes = (_constant(graph, [x]) for x in (rows.start, rows.stop, rows.axis))
-            node = ir.Node("", "Slice", [value, starts, ends, axes], name=f"{value.name}_rows_slice")
-            node.outputs[0].name = f"{value.name}_rows{rows.start}_{rows.stop}"
+            node = ir.Node("", "Slice", [value, starts, ends, axes])
+            node.outputs[0].name = fresh(f"{value.name}_rows{rows.start}_{rows.stop}")
             added.append(node)
             slices[id(value), rows] = node.outputs[0]
         return slices[id(value), rows]
@@ -200,8 +208,8 @@ def _rewrite(model: ir.Model, shapes: "Probed", forced: set[str]) -> set[str] | 
                   else pruned(v, rows_in[i]) if i < len(rows_in) and rows_in[i] is not None else v
                   for i, v in enumerate(node.inputs)]
         copy = ir.Node(node.domain, node.op_type, inputs, [_clone(a) for a in node.attributes.values()],
-                       num_outputs=1, name=f"{node.name}_rows" if node.name else None)
-        copy.outputs[0].name = f"{node.outputs[0].name}_rows"
+                       num_outputs=1)
+        copy.outputs[0].name = fresh(f"{node.outputs[0].name}_rows")
         copies[id(node.outputs[0])] = copy.outputs[0]
         added.append(copy)
     gained = False
@@ -222,7 +230,7 @@ def _rewrite(model: ir.Model, shapes: "Probed", forced: set[str]) -> set[str] | 
     return {n.outputs[0].name for n in nodes if id(n) in pushed and id(n) in alive}
 
 
-def _join(value: ir.Value, reads: dict, graph: ir.Graph) -> object:
+def _join(value: ir.Value, reads: dict) -> object:
     """The rows every reader of `value` reads (Shape readers aside), FULL when they differ or one reads all."""
     if value.is_graph_output():
         return FULL
