@@ -91,7 +91,8 @@ class Probed:
 
 def probe(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence]) -> Probed | None:
     """Every value's dims from runs at batch 2 and 3 (a dim that changes is ("N", k), k times the batch); a
-    fixed-batch model is probed at batch 1. None when an input's dims are unknown or the runs fail."""
+    model whose inputs declare batch 1 and that fails at 2 is probed at 1. None when an input's dims are
+    unknown or the runs fail."""
     import onnxruntime as ort
 
     from .surgery import expose
@@ -107,7 +108,8 @@ def probe(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence]) -> Probe
         return None
     outs = [o.name for o in session.get_outputs()]
     runs = []
-    for batch in ((2, 3), (1,)):
+    fixed = all(list(input_shapes[i.name])[:1] == [1] for i in inputs)  # batch 1 baked in: probe at 1 alone
+    for batch in ((2, 3), (1,)) if fixed else ((2, 3),):
         try:
             runs = [_run(session, inputs, input_shapes, outs, b) for b in batch]
             break

@@ -4,6 +4,8 @@ refuses (graph unchanged) where rows mix (mean-pooled tokens, softmax or cumsum 
 Recipro-CAM / Ablation-CAM maps are the same with and without it."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -143,3 +145,18 @@ def test_tail_methods_give_the_same_maps_with_and_without_pruning(zoo_exports, m
         assert a.target == b.target
         scale = np.abs(b.raw).max()
         assert scale > 0 and np.abs(a.raw - b.raw).max() <= 1e-5 * scale
+
+
+def test_static_batch_export_is_probed_at_batch_one(tmp_path):
+    path = tmp_path / "static.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(zoo.build("vit"), (zoo.sample(1),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])
+    _, cut, shapes = tail_of(path)
+    assert shapes[cut.at] == (1, TOKENS, 32)
+    pruned = prune_rows(cut.tail, shapes)
+    assert pruned is not cut.tail
+    feeds = feeds_of(shapes, batch=1)
+    expected = run(cut.tail, feeds)
+    assert np.abs(run(pruned, feeds) - expected).max() <= TOLERANCE * np.abs(expected).max()
