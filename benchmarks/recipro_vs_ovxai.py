@@ -137,13 +137,15 @@ def main() -> None:
     parser.add_argument("--vit-rounds", type=int, default=2)
     parser.add_argument("--venv", type=Path, default=VENV)
     parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--skip-cnn", action="store_true")
     args = parser.parse_args()
     python = venv_python(args.venv)
     if python is None:
         return
     print(f"CPU count {os.cpu_count()}, onnxplain on onnxruntime, OpenVINO-XAI from {python}")
-    compare("EfficientNet-Lite0", python, ROOT / "models" / "efficientnet_lite0.onnx", "cnn",
-            "/_swish_1/Clip_output_0", args.rounds, {"mask": "binary", "softmax": False})
+    if not args.skip_cnn:
+        compare("EfficientNet-Lite0", python, ROOT / "models" / "efficientnet_lite0.onnx", "cnn",
+                "/_swish_1/Clip_output_0", args.rounds, {"mask": "binary", "softmax": False})
     if not args.skip_vit:
         with tempfile.TemporaryDirectory() as folder:
             path = export(vit_b16(), Path(folder) / "vit_b16.onnx")

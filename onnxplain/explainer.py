@@ -24,6 +24,7 @@ from .memory import per_image_bytes
 from .numeric import softmax
 from .predictions import Prediction, read_labels, structured_prediction
 from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
+from .rowprune import pruned_split
 from .surgery import Split, split
 from .mapcheck import map_warnings_many
 from .targets import BoxLayout, Context, Target, resolve
@@ -196,7 +197,7 @@ class Explainer:
     def tail(self, layer: str) -> tuple[Split, BatchedRuntime]:
         """The model split at `layer` and a runtime for its tail (on the explainer's engine), built once per layer."""
         if layer not in self._splits:
-            cut = split(self.model.proto, layer)
+            cut = pruned_split(split(self.model.proto, layer), self.model)  # a ViT head's one row: see rowprune
             tail = self._runtime(cut.tail, self.runtime.batch_size)
             if self.runtime.fixed_batch == 1:  # a static-batch export bakes batch 1 into its Reshape constants
                 tail.fixed_batch = 1
