@@ -31,7 +31,10 @@ def head_tensors(model: "Model", output: str) -> dict[str, str]:
     if info is not None and info.spatial:
         return {}
     free, predictions = _prediction_maps(model, output)
-    head = {name: "a prediction map of the detection head" for name in free if name != output}
+    if not predictions:
+        return {}
+    head = {name: "a prediction map of the detection head" for name in free
+            if name != output and name in model.tensors and model.tensors[name].spatial}
     for conv in predictions:
         head.update({name: "a conv branch of the detection head" for name in _branch(model, conv)})
     return head
