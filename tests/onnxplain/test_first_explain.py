@@ -14,6 +14,37 @@ from test_task import _export
 from zoo import zoo_exports  # noqa: F401  (the session fixture)
 
 
+@pytest.fixture
+def runs(monkeypatch):
+    """Every onnxruntime session run during the test, as (input names fed, outputs asked for)."""
+    seen: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    original = ort.InferenceSession.run
+
+    def counted(self, outputs, feeds, *args, **kwargs):
+        seen.append((tuple(sorted(feeds)), tuple(outputs or ())))
+        return original(self, outputs, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "recipro-cam"])
+def test_first_explain_runs_the_full_input_once(zoo_exports, runs, method):
+    e = Explainer(zoo_exports.path("resnet", "legacy17"), quiet=True)
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    runs.clear()  # loading may probe shapes; only the explain's runs count
+    [a] = e.explain(image, method=method)
+    full = [outputs for feeds, outputs in runs if feeds == ("input",)]
+    assert len(full) == 1, runs
+    assert a.layer in full[0] and a.extras["auto_layer"].startswith("last spatial tensor")
+    assert len(runs) > 1  # the probe's tail run (and recipro's) feed the layer, not the image
+    assert all(feeds == (a.layer,) for feeds, _ in runs if feeds != ("input",))
+    runs.clear()
+    [again] = e.explain(image, method=method)  # a new batch: one forward again, the layer chosen already
+    assert [f for f, _ in runs].count(("input",)) == 1
+    np.testing.assert_allclose(again.raw, a.raw, rtol=1e-5, atol=1e-6)
+
+
 class Ignored(nn.Module):
     """The last map b reaches the logits only times 0: zeroing its positions leaves the score as it is."""
 
