@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def depends(explainer: "Explainer", batch: "Prepared", info: "TensorInfo", target: "Target") -> bool:
     """One probe: does the target's score on image 0 move when the tensor's positions (not a class token) are 0?"""
-    from .methods.cam import tail_scores
+    from .methods.perturb import tail_scores
     value = explainer.forward(batch, [info.name])[info.name][:1]
     base = float(np.asarray(target.score({k: v[:1] for k, v in explainer.forward(batch).items()}))[0])
     zeroed = value.copy()

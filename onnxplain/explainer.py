@@ -281,6 +281,8 @@ class Explainer:
             self.model.spatial_info(layer_name)
         # a named layer of an onnxruntime method comes with the same forward, not a second one
         exposed = [layer_name] if layer_name is not None and cls.engine == "ort" else []
+        if auto and layer_name is None:  # the probe checks the graph's guess first: it comes with this forward
+            exposed = self._graph_layer(output)
         per_image = resolve(target, self._context(batch, output, probability, box_layout, exposed))
         index = [i for i, targets in enumerate(per_image) for _ in targets]
         flat_targets: list[Target] = [t for targets in per_image for t in targets]
@@ -301,6 +303,13 @@ class Explainer:
         checks = map_warnings_many(raw.maps)  # every map checked in one pass
         return [self._attribution(cls, method_params, batch, index[i], t, layer_name, raw.maps[i], extras[i],
                                   output, heatmaps[index[i]], checks[i]) for i, t in enumerate(flat_targets)]
+
+    def _graph_layer(self, output: str) -> list[str]:
+        """[the graph's auto layer], the tensor the probe reads first, or [] where the graph has none."""
+        try:
+            return [self.model.auto_layer(output)[0]]
+        except UserError:
+            return []
 
     def check_cost(self, method: str, params: dict | None = None, layer: str | None = "auto",
                    output: str | None = None) -> int:

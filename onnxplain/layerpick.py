@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from .detecthead import head_tensors
 from .errors import TensorNameError
 
 if TYPE_CHECKING:
@@ -114,6 +115,14 @@ def pick(model: "Model", output: str, keep: Callable[["TensorInfo"], bool] | Non
         raise TensorNameError(f"The model has no spatial tensor on the path to output '{output}'; "
                               "name a layer explicitly (see `onnxplain inspect --spatial`).")
     skipped: list[str] = []
+    head = head_tensors(model, output)
+    if head and any(info.name not in head for info in found):
+        dropped = [info.name for info in found if info.name in head]
+        found = [info for info in found if info.name not in head]
+        if dropped:
+            names = ", ".join(f"'{n}'" for n in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+            skipped.append(f"the detection head's {len(dropped)} maps (prediction convs, their decoding and "
+                           f"branches: {names}; not feature layers)")
     for info in found:
         if info.layout == "tokens" and class_token_only(model, info.name):
             skipped.append(f"'{info.name}' (read only at the class token)")
@@ -123,6 +132,9 @@ def pick(model: "Model", output: str, keep: Callable[["TensorInfo"], bool] | Non
             continue
         kind = "token grid %dx%d" % info.grid if info.layout == "tokens" else f"{info.layout} map"
         why = f"last spatial tensor ({kind}, op {info.op_type}) on the path to output '{output}'"
+        if head:
+            why = f"guessed: the last feature map before the detection head ({kind}, op {info.op_type}) on the " \
+                  f"path to output '{output}'"
         if skipped:
             why += " whose positions the target depends on; skipped " + ", ".join(skipped)
         log.info("auto layer %s: %s", info.name, why)

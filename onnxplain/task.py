@@ -96,6 +96,7 @@ class Task:
     dictionary: Fact
     detector: Fact
     outputs: tuple[OutputInfo, ...] = field(default=())
+    exporter_source: str = ""  # what marks the exporter (metadata, producer, graph name)
 
     def output(self, name: str) -> OutputInfo | None:
         return next((o for o in self.outputs if o.name == name), None)
@@ -110,7 +111,7 @@ class Task:
     def describe(self) -> dict:
         facts = {k: getattr(self, k).describe() for k in
                  ("input_size", "layout", "preset", "resize", "order", "labels", "dictionary", "detector")}
-        return {"exporter": self.exporter, **facts, "outputs": [o.describe() for o in self.outputs],
+        return {"exporter": self.exporter, "exporter_source": self.exporter_source, **facts, "outputs": [o.describe() for o in self.outputs],
                 "default_output": self.default_output}
 
 
@@ -159,12 +160,23 @@ def paddle_dictionary(text: str) -> list[str]:
 
 
 def exporter_of(model: "Model") -> str:
-    meta = model.metadata
+    return exporter_evidence(model)[0]
+
+
+def exporter_evidence(model: "Model") -> tuple[str, str]:
+    """(exporter, what says so): ultralytics from its metadata; Paddle from `character`, the producer, or the
+    graph name paddle2onnx writes ('Model from PaddlePaddle.', older 'paddle-onnx') where the producer is blank."""
+    meta, proto = model.metadata, model.proto
     if "names" in meta and ("imgsz" in meta or "stride" in meta):
-        return "ultralytics"
-    if "character" in meta or "paddle" in model.proto.producer_name.lower():
-        return "paddle"
-    return model.proto.producer_name or "unknown"
+        return "ultralytics", "metadata 'names' and 'imgsz'/'stride'"
+    if "character" in meta:
+        return "paddle", "metadata 'character'"
+    if "paddle" in proto.producer_name.lower():
+        return "paddle", f"producer '{proto.producer_name}'"
+    if "paddle" in proto.graph.name.lower():
+        return "paddle", f"graph name '{proto.graph.name}'"
+    return proto.producer_name or "unknown", "producer name" if proto.producer_name else \
+        "empty producer name"
 
 
 # ---- the task ---------------------------------------------------------------------------------------------------
@@ -175,7 +187,7 @@ def understand(model: "Model", input_size: Any = None, resize: str | None = None
 
     Only the input facts are read before the model's tensors are probed, so the probe runs at the right size.
     """
-    meta, exporter = model.metadata, exporter_of(model)
+    meta, (exporter, evidence) = model.metadata, exporter_evidence(model)
     check_option("resize", resize, RESIZES)
     check_option("order", order, ORDERS)
     check_option("layout", layout, LAYOUTS)
@@ -185,8 +197,10 @@ def understand(model: "Model", input_size: Any = None, resize: str | None = None
     size = _input_size(model, meta, exporter, input_size, dictionary)
     if model.probe_size is None and size.value is not None:
         model.probe_size = size.value  # before the first probe: symbolic dims are run at the model's own size
-    task = Task(exporter, size, _layout(model, layout), *_preprocessing(meta, exporter, preset, resize, order),
-                _labels(model, meta, labels), dictionary, _detector(meta, exporter, detector))
+    task = Task(exporter, size, _layout(model, layout), *_preprocessing(meta, exporter, preset, resize, order,
+                                                                               evidence),
+                _labels(model, meta, labels), dictionary, _detector(meta, exporter, detector),
+                exporter_source=evidence)
     task = replace(task, outputs=regression_beside_probabilities(
         [classify_output(model, o.name, task) for o in model.outputs]))
     kind = task.output(task.default_output).kind if task.default_output else ""
@@ -228,6 +242,9 @@ def _input_size(model: "Model", meta: dict, exporter: str, option: Any, dictiona
     if dictionary.value is not None:
         h = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else 48
         return Fact((h, 320), "guessed (PaddleOCR recogniser: height 48, width 320)")
+    if exporter == "paddle" and model.outputs and all(len(o.shape) == 4 for o in model.outputs):
+        return Fact(None, "guessed (a Paddle map model such as PP-OCR det takes any size; 224x224 where the "
+                          "input is symbolic)")
     if exporter == "paddle" or exporter == "ultralytics":
         return Fact((640, 640), f"guessed ({exporter} detector default)")
     return Fact(None, "guessed (224x224 where the input is symbolic)")
@@ -244,9 +261,9 @@ def _layout(model: "Model", option: str | None) -> Fact:
                 or nhwc else "guessed (no channel dim of 1, 3 or 4)")
 
 
-def _preprocessing(meta: dict, exporter: str, preset: str | None, resize: str | None, order: str | None
-                   ) -> tuple[Fact, Fact, Fact]:
-    """(preset, resize, order) facts."""
+def _preprocessing(meta: dict, exporter: str, preset: str | None, resize: str | None, order: str | None,
+                   evidence: str = "") -> tuple[Fact, Fact, Fact]:
+    """(preset, resize, order) facts; `evidence` says what marks the exporter (a guess from the producer)."""
     if preset is not None:
         name = Fact(preset, "option")
     elif "onnxplain.preset" in meta:
@@ -270,7 +287,8 @@ def _preprocessing(meta: dict, exporter: str, preset: str | None, resize: str | 
     elif "onnxplain.order" in meta:
         colour = Fact(meta["onnxplain.order"].upper(), "metadata 'onnxplain.order'")
     else:
-        colour = Fact("BGR", "guessed (PaddleOCR reads images with OpenCV)") if exporter == "paddle" else \
+        colour = Fact("BGR", f"guessed (a Paddle export by its {evidence}: PaddleOCR reads images with OpenCV, "
+                             "BGR, and applies mean/std in that order)") if exporter == "paddle" else \
             Fact(None, "guessed (the preset's own)")
     return name, size_mode, colour
 

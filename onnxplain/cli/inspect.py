@@ -119,7 +119,8 @@ def _fact(name: str, fact: dict) -> str:
 def format_report(report: dict) -> str:
     """The report as the text table `inspect` prints."""
     task = report["task"]
-    lines = [f"model      {report['path']}", f"producer   {report['producer']}  (exporter {task.get('exporter')})",
+    lines = [f"model      {report['path']}", f"producer   {report['producer']}  (exporter {task.get('exporter')}, by its "
+             f"{task.get('exporter_source')})",
              f"opset      {report['opset']}", f"device     {report['device']} (engine {report.get('engine', 'ort')})"]
     for item in report["inputs"]:
         lines.append(f"input      {item['name']}  {item['dtype']}  {_shape(item['shape'])}")

@@ -49,6 +49,27 @@ def test_ppocr_det_predicted_region_lands_on_the_text():
     assert a.target["kind"] == "RegionTarget" and 240 <= x <= 440 and 169 <= y <= 239
 
 
+def test_ppocr_det_is_a_paddle_export_read_in_bgr_and_an_explicit_order_wins():
+    """The det file's producer name is blank; paddle2onnx's graph name marks it, so the order is BGR (PaddleOCR
+    reads with OpenCV) with the reason, and the -1..1 preset RapidOCR's det config uses; --order rgb wins."""
+    e = Explainer(real_models.ppocr_det(), quiet=True)
+    assert e.model.proto.producer_name == "" and e.task.exporter == "paddle"
+    assert e.task.exporter_source == "graph name 'Model from PaddlePaddle.'"
+    assert e.preprocess.order == "BGR" and e.task.order.source == (
+        "guessed (a Paddle export by its graph name 'Model from PaddlePaddle.': PaddleOCR reads images with "
+        "OpenCV, BGR, and applies mean/std in that order)")
+    assert (e.preprocess.mean, e.preprocess.std) == ((0.5,) * 3, (0.5,) * 3)
+    assert e.task.input_size.value is None and "PP-OCR det takes any size" in e.task.input_size.source
+    image = np.zeros((224, 224, 3), np.uint8)  # the input size, so no letterbox border
+    image[..., 0] = 255  # pure red arrives last (channel 2) in BGR
+    x = e.prepare(image).x[0]
+    assert x[2].min() == pytest.approx(1.0) and x[0].max() == pytest.approx(-1.0)
+    report = inspect_task(e.model, e.task)
+    assert report["order"] == {"value": "BGR", "source": e.task.order.source, "read": False}
+    rgb = Explainer(real_models.ppocr_det(), quiet=True, order="rgb")
+    assert rgb.preprocess.order == "RGB" and rgb.task.order.source == "option"
+
+
 @pytest.mark.parametrize("name", ["pnet", "rnet", "onet"])
 def test_mtcnn_explains_prob_not_reg(name):
     e = Explainer(real_models.mtcnn_onnx(name), quiet=True)
