@@ -38,10 +38,49 @@ def occlusion_plan(context: "MethodContext", batch: "Prepared", window: tuple[in
     return plan
 
 
-def _gather(src: "torch.Tensor", ys: Sequence[int], xs: Sequence[int], h: int, w: int) -> "torch.Tensor":
-    """(B, C, h, w) crops of a (1, C, H, W) map at each window's (y, x) (slices: cheaper than index tensors)."""
+def _rows(t: "torch.Tensor") -> "torch.Tensor":
+    """(B*h*w, C) view of a (B, C, h, w) tensor stored channels_last (copied into that layout if it is not)."""
     import torch
-    return torch.stack([src[0, :, y:y + h, x:x + w] for y, x in zip(ys, xs)])
+    b, c, h, w = t.shape
+    return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(b * h * w, c)
+
+
+def region_index(ty: np.ndarray, tx: np.ndarray, dy: np.ndarray, dx: np.ndarray, size: tuple[int, int],
+                 patch: tuple[int, int], width: int, base: int) -> np.ndarray:
+    """Row of each element of the (B, qh, qw) crops at (ty, tx) in a flat (positions, C) buffer: the map's
+    row-major positions (`width` wide) first, then from row `base` the (B, ph, pw) patches, which the crops
+    read wherever their box (at offset dy, dx in the crop) lies."""
+    (qh, qw), (ph, pw) = size, patch
+    i, j = np.arange(qh), np.arange(qw)
+    cache = ((ty[:, None] + i) * width)[:, :, None] + (tx[:, None] + j)[:, None, :]
+    pi, pj = i - dy[:, None], j - dx[:, None]                      # (B, qh), (B, qw) positions in the patch
+    inside = ((pi >= 0) & (pi < ph))[:, :, None] & ((pj >= 0) & (pj < pw))[:, None, :]
+    own = (base + np.arange(len(ty)) * ph * pw)[:, None, None] + (pi * pw)[:, :, None] + pj[:, None, :]
+    return np.where(inside, own, cache).reshape(-1)
+
+
+class _Source:
+    """One padded cached map as flat channels_last rows, with room after it for a chunk's patches: a crop
+    with the patches pasted in is then one index_select (no Python loop over windows)."""
+
+    def __init__(self, padded: "torch.Tensor"):
+        _, self.channels, self.height, self.width = padded.shape
+        self.base = self.height * self.width
+        self.buffer = _rows(padded)
+
+    def crops(self, patch: "torch.Tensor", ty: np.ndarray, tx: np.ndarray, dy: np.ndarray, dx: np.ndarray,
+              size: tuple[int, int]) -> "torch.Tensor":
+        """(B, C, qh, qw) channels_last crops at (ty, tx) with `patch` (B, C, ph, pw) written at (dy, dx)."""
+        import torch
+        count = patch.shape[0] * patch.shape[2] * patch.shape[3]
+        if len(self.buffer) < self.base + count:
+            grown = torch.empty((self.base + count, self.channels), dtype=self.buffer.dtype)
+            grown[:self.base] = self.buffer[:self.base]
+            self.buffer = grown
+        self.buffer[self.base:self.base + count] = _rows(patch)
+        index = region_index(ty, tx, dy, dx, size, tuple(patch.shape[2:]), self.width, self.base)
+        crop = self.buffer.index_select(0, torch.from_numpy(index))
+        return crop.view(len(ty), size[0], size[1], self.channels).permute(0, 3, 1, 2)
 
 
 def _paste(crop: "torch.Tensor", patch: "torch.Tensor", dys: Sequence[int], dxs: Sequence[int]) -> "torch.Tensor":
@@ -56,27 +95,31 @@ def _paste(crop: "torch.Tensor", patch: "torch.Tensor", dys: Sequence[int], dxs:
 
 
 class IncrementalRunner:
-    """Runs one plan for one image: cached activations, then per window batch the boxes up to the cut."""
+    """Runs one plan for one image: cached activations, then per window batch the boxes up to the cut.
+
+    Everything in the prefix is channels_last (torch's convolutions on small crops run 10-25% faster so,
+    and a crop's positions are rows of C contiguous values, gathered with one index_select)."""
 
     def __init__(self, plan: Plan, x: np.ndarray):
         import torch
         self.plan = plan
         with torch.inference_mode():
-            self.cache, self.padded = self._full(torch.from_numpy(np.ascontiguousarray(x[None], np.float32)))
+            x = torch.from_numpy(np.ascontiguousarray(x[None], np.float32))
+            self.cache, self.sources = self._full(x.contiguous(memory_format=torch.channels_last))
 
     def _full(self, x: "torch.Tensor") -> tuple[dict, dict]:
-        """Unoccluded activations of every prefix tensor, and the padded (H, W, C) inputs each step reads."""
+        """Unoccluded activations of every prefix tensor, and the padded inputs each step reads (as Sources)."""
         import torch.nn.functional as F
         source = next(iter(self.plan.boxes))
-        cache, padded = {source: x}, {}
+        cache, sources = {source: x}, {}
         for step in self.plan.steps:
             ins = [cache[n] for n in step.inputs]
             if step.window:
                 top, left, bottom, right = self._pads(step, ins[0])
                 ins = [F.pad(ins[0], (left, right, top, bottom), value=step.pad_value)]
-            padded[step.output] = ins
+            sources[step.output] = [_Source(t) for t in ins]
             cache[step.output] = step.fn(*ins)
-        return cache, padded
+        return cache, sources
 
     def _pads(self, step, value) -> tuple[int, int, int, int]:
         """The step's pads, the ends widened where ceil_mode makes the last window run past them."""
@@ -90,8 +133,9 @@ class IncrementalRunner:
     def patches(self, x_patch: "torch.Tensor", r: np.ndarray, c: np.ndarray) -> "torch.Tensor":
         """The cut tensor's boxes (B, C, bh, bw) for windows at row positions `r` and column positions `c`,
         given the input's boxes `x_patch` (B, C, h, w)."""
+        import torch
         source = next(iter(self.plan.boxes))
-        patches = {source: x_patch}
+        patches = {source: x_patch.contiguous(memory_format=torch.channels_last)}
         for step in self.plan.steps:
             rows, cols = self.plan.boxes[step.output]
             if step.window:
@@ -100,7 +144,7 @@ class IncrementalRunner:
             else:
                 qy, qh, qx, qw, offsets = rows.start, rows.size, cols.start, cols.size, (0, 0)
             ins = [self._region(name, src, patches[name], qy, qh, qx, qw, offsets, r, c)
-                   for name, src in zip(step.inputs, self.padded[step.output])]
+                   for name, src in zip(step.inputs, self.sources[step.output])]
             patches[step.output] = step.fn(*ins)
         return patches[self.plan.cut]
 
@@ -112,13 +156,13 @@ class IncrementalRunner:
         ty, tx = qy[r], qx[c]
         if rows.size == qh and cols.size == qw and np.array_equal(py, ty) and np.array_equal(px, tx):
             return patch
-        crop = _gather(src, ty.tolist(), tx.tolist(), qh, qw)
-        return _paste(crop, patch, (py - ty).tolist(), (px - tx).tolist())
+        return src.crops(patch, ty, tx, py - ty, px - tx, (qh, qw))
 
     def full_cut(self, patch: "torch.Tensor", r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """The cut tensor on full maps (B, C, H, W) with each window's box pasted into the cached map."""
+        import torch
         rows, cols = self.plan.boxes[self.plan.cut]
-        full = self.cache[self.plan.cut].expand(len(r), -1, -1, -1).contiguous()
+        full = self.cache[self.plan.cut].expand(len(r), -1, -1, -1).contiguous(memory_format=torch.contiguous_format)
         return _paste(full, patch, rows.start[r].tolist(), cols.start[c].tolist()).numpy()
 
 
