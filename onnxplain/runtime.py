@@ -197,6 +197,12 @@ class Runtime(BatchedRuntime):
                     raise load_error(exc) from None
             return self._sessions[key]
 
+    def single_threaded(self) -> "Runtime":
+        """This model on one intra-op thread (built once), for callers that run several batches at once."""
+        if getattr(self, "_single", None) is None:
+            self._single = Runtime(self.proto, self.providers, self.batch_size, self.quiet, threads=1)
+        return self._single
+
     def _prepare(self, outputs: list[str]) -> None:
         self.session(outputs)
 

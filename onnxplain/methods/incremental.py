@@ -8,17 +8,21 @@ onnxruntime (or torch) runtime of the model cut at the plan's cut tensor.
 """
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..limits import checkpoint
 from .incremental_plan import Axis, Plan, build_plan, reach, window_axis
 
 if TYPE_CHECKING:
     import torch
 
     from ..images import Prepared
+    from ..runtime import Runtime
     from .base import MethodContext
 
 
@@ -183,39 +187,79 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
     """The model's outputs for each chunk of window indices (row-major over Py x Px positions) of image `x`
     (C, H, W), computed incrementally; `occluded(k)` builds full occluded inputs when the tail reads the input.
 
-    The prefix of the next chunk runs in a worker thread while the tail runs the current one; the worker
-    uses one torch thread (crops are small, and OpenMP threads spinning beside onnxruntime's cost more
-    than they give on a loaded CPU).
+    On onnxruntime's CPU provider every core runs whole chunks (prefix, then the tail on one intra-op
+    thread) side by side: no thread waits on another inside a chunk, where a prefix thread beside a
+    multi-threaded tail made both wait at every operator's barrier. Elsewhere (CUDA, the torch engine, one
+    core) the prefix of the next chunk runs in a worker thread while the tail runs the current one. The
+    prefix always uses one torch thread per worker (its crops are small).
     """
+    import torch
     cut, runtime = context.tail(plan.cut)
     source = next(iter(plan.boxes))
     rows, cols = plan.boxes[source]
     fill = np.broadcast_to(fill, x.shape)
-    runner: list[IncrementalRunner] = []
+    local = threading.local()  # one runner per worker: its crop buffers are written per chunk
 
     def feeds(k: np.ndarray) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)
         with torch.inference_mode():
-            if not runner:
-                runner.append(IncrementalRunner(plan, x))
+            if not hasattr(local, "runner"):
+                local.runner = IncrementalRunner(plan, x)
             r, c = (k // nx).astype(np.int64), (k % nx).astype(np.int64)
             patch = torch.from_numpy(input_patches(x, fill, masks, rows, cols, r, c))
-            out = {plan.cut: runner[0].full_cut(runner[0].patches(patch, r, c), r, c)}
+            out = {plan.cut: local.runner.full_cut(local.runner.patches(patch, r, c), r, c)}
         if cut.crossing:
             out[source] = occluded(k)
         return out
 
-    import torch
+    lanes = _lanes(runtime)
     threads = torch.get_num_threads()  # set_num_threads is process-wide: restored when the image is done
     try:
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(feeds, chunks[0]) if len(chunks) else None
-            for index in range(len(chunks)):
-                ready = pending.result()
-                pending = pool.submit(feeds, chunks[index + 1]) if index + 1 < len(chunks) else None
-                yield runtime.run(ready)
+        if lanes is None:
+            yield from _pipelined(feeds, runtime, chunks)
+        else:
+            yield from _side_by_side(feeds, *lanes, chunks)
     finally:
         torch.set_num_threads(threads)
+
+
+def _lanes(runtime) -> tuple["Runtime", int] | None:
+    """(a one-thread runtime of the tail, how many chunks to run at once) on onnxruntime's CPU provider with
+    two or more cores, else None."""
+    from ..runtime import Runtime
+    if not isinstance(runtime, Runtime) or runtime.device != "cpu":
+        return None
+    cores = runtime.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                else os.cpu_count() or 1)
+    return (runtime.single_threaded(), cores) if cores > 1 else None
+
+
+def _side_by_side(feeds: Callable, runtime, lanes: int, chunks: Sequence[np.ndarray]) -> Iterator[dict]:
+    """Each chunk's prefix and tail in one of `lanes` worker threads; outputs yielded in chunk order."""
+    def whole(k: np.ndarray) -> dict[str, np.ndarray]:
+        return runtime.run(feeds(k))
+
+    pool = ThreadPoolExecutor(lanes)
+    try:
+        pending = [pool.submit(whole, k) for k in chunks[:2 * lanes]]
+        for index in range(len(chunks)):
+            ready = pending.pop(0).result()
+            if index + 2 * lanes < len(chunks):
+                pending.append(pool.submit(whole, chunks[index + 2 * lanes]))
+            checkpoint()
+            yield ready
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pipelined(feeds: Callable, runtime, chunks: Sequence[np.ndarray]) -> Iterator[dict]:
+    """The next chunk's prefix in a worker thread while the tail runs the current chunk."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(feeds, chunks[0]) if len(chunks) else None
+        for index in range(len(chunks)):
+            ready = pending.result()
+            pending = pool.submit(feeds, chunks[index + 1]) if index + 1 < len(chunks) else None
+            yield runtime.run(ready)
 
 
 def describe(plan: Plan, used: bool, threshold: float) -> dict:
