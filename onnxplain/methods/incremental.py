@@ -19,6 +19,7 @@ from ..limits import checkpoint
 from .incremental_plan import Axis, Plan, build_plan, reach, window_axis
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
     from ..images import Prepared
@@ -199,6 +200,8 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
     rows, cols = plan.boxes[source]
     fill = np.broadcast_to(fill, x.shape)
     local = threading.local()  # one runner per worker: its crop buffers are written per chunk
+    unread = np.repeat(x[None], max(map(len, chunks)), 0) if cut.crossing and chunks and \
+        _shape_only(cut.tail, source) else None
 
     def feeds(k: np.ndarray) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)
@@ -208,8 +211,8 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
             r, c = (k // nx).astype(np.int64), (k % nx).astype(np.int64)
             patch = torch.from_numpy(input_patches(x, fill, masks, rows, cols, r, c))
             out = {plan.cut: local.runner.full_cut(local.runner.patches(patch, r, c), r, c)}
-        if cut.crossing:
-            out[source] = occluded(k)
+        if cut.crossing:  # the tail reads the input; through Shape only, any image of its shape will do
+            out[source] = occluded(k) if unread is None else unread[:len(k)]
         return out
 
     lanes = _lanes(runtime)
@@ -221,6 +224,11 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
             yield from _side_by_side(feeds, *lanes, chunks)
     finally:
         torch.set_num_threads(threads)
+
+
+def _shape_only(tail: "onnx.ModelProto", name: str) -> bool:
+    """Whether every node of `tail` that reads tensor `name` is a Shape node."""
+    return all(node.op_type == "Shape" for node in tail.graph.node if name in node.input)
 
 
 def _lanes(runtime) -> tuple["Runtime", int] | None:

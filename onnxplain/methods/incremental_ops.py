@@ -135,7 +135,7 @@ def _conv(model, node, torch, F) -> Step | None:
     groups = int(attr(node, "group", 1))
     kernel = list(weight.shape[2:])
     strides, dilations, pads = _geometry(model, node, kernel)
-    w = torch.from_numpy(np.array(weight, np.float32)).contiguous(memory_format=torch.channels_last)  # as crops
+    w = torch.from_numpy(np.array(weight, np.float32))
     b = torch.from_numpy(np.array(bias, np.float32)) if bias is not None else None
 
     def conv(x):
