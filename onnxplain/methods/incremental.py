@@ -18,6 +18,8 @@ import numpy as np
 from ..limits import checkpoint
 from .incremental_plan import Axis, Plan, build_plan, reach, window_axis
 
+MAX_LANES = 4  # chunks run at once on the CPU; more cores give each lane's tail more threads
+
 if TYPE_CHECKING:
     import onnx
     import torch
@@ -188,9 +190,9 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
     """The model's outputs for each chunk of window indices (row-major over Py x Px positions) of image `x`
     (C, H, W), computed incrementally; `occluded(k)` builds full occluded inputs when the tail reads the input.
 
-    On onnxruntime's CPU provider every core runs whole chunks (prefix, then the tail on one intra-op
-    thread) side by side: no thread waits on another inside a chunk, where a prefix thread beside a
-    multi-threaded tail made both wait at every operator's barrier. Elsewhere (CUDA, the torch engine, one
+    On onnxruntime's CPU provider lanes run whole chunks (prefix, then the tail) side by side, one per
+    core up to MAX_LANES (the tail gets the cores left over): on 2 cores no thread waits on another inside
+    a chunk, where a prefix thread beside a two-thread tail made both wait at every operator's barrier. Elsewhere (CUDA, the torch engine, one
     core) the prefix of the next chunk runs in a worker thread while the tail runs the current one. The
     prefix always uses one torch thread per worker (its crops are small).
     """
@@ -232,14 +234,15 @@ def _shape_only(tail: "onnx.ModelProto", name: str) -> bool:
 
 
 def _lanes(runtime) -> tuple["Runtime", int] | None:
-    """(a one-thread runtime of the tail, how many chunks to run at once) on onnxruntime's CPU provider with
-    two or more cores, else None."""
+    """(the tail's runtime for one lane, how many lanes) on onnxruntime's CPU provider with two or more
+    cores, else None: up to MAX_LANES lanes (each holds its own crop buffers), the cores shared among them."""
     from ..runtime import Runtime
     if not isinstance(runtime, Runtime) or runtime.device != "cpu":
         return None
     cores = runtime.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                 else os.cpu_count() or 1)
-    return (runtime.single_threaded(), cores) if cores > 1 else None
+    lanes = min(cores, MAX_LANES)
+    return (runtime.with_threads(cores // lanes), lanes) if lanes > 1 else None
 
 
 def _side_by_side(feeds: Callable, runtime, lanes: int, chunks: Sequence[np.ndarray]) -> Iterator[dict]:

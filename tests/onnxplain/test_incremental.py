@@ -72,17 +72,27 @@ def test_incremental_equals_plain_on_efficientnet_lite0(effnet):
 @pytest.mark.parametrize("threads, side_by_side", [(1, False), (2, True)])
 def test_both_schedules_equal_plain(zoo_exports, monkeypatch, threads, side_by_side):
     """One core: the next chunk's prefix beside the tail; two: whole chunks side by side on one-thread tail
-    sessions (Runtime.single_threaded). Chunks of 8 windows: 36 windows make 5, the last one short."""
+    sessions (Runtime.with_threads). Chunks of 8 windows: 36 windows make 5, the last one short."""
     calls = []
-    original = Runtime.single_threaded
-    monkeypatch.setattr(Runtime, "single_threaded", lambda self: calls.append(self) or original(self))
+    original = Runtime.with_threads
+    monkeypatch.setattr(Runtime, "with_threads", lambda self, n: calls.append(n) or original(self, n))
     ex = Explainer(zoo_exports.path("resnet", "legacy17"), preprocess="raw01", device="cpu", quiet=True,
                    threads=threads, batch_size=8)
     [plain] = ex.explain([image()], "occlusion", incremental="false", **OCCLUDE)
     [fast] = ex.explain([image()], "occlusion", incremental="true", **OCCLUDE)
     assert fast.extras["forwards"] == 36 and bool(calls) == side_by_side
-    assert all(original(runtime).threads == 1 for runtime in calls)
+    assert all(n == 1 for n in calls)
     assert rel_err(fast.raw, plain.raw) < 1e-4
+
+
+def test_lanes_share_the_cores_up_to_four(region_model):
+    """16 cores: 4 lanes whose tails get 4 threads each; 3 cores: 3 lanes of 1; 1 core: no lanes."""
+    from onnxplain.methods.incremental import _lanes
+    from onnxplain.model import Model
+    proto = Model.load(region_model).proto
+    for cores, expected in ((16, (4, 4)), (3, (3, 1)), (1, None)):
+        lanes = _lanes(Runtime(proto, threads=cores))
+        assert (lanes if lanes is None else (lanes[1], lanes[0].threads)) == expected
 
 
 def test_crops_are_the_cached_map_with_each_patch_pasted_in():
