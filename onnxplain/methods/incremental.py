@@ -184,6 +184,16 @@ def input_patches(x: np.ndarray, fill: np.ndarray, masks: tuple[np.ndarray, np.n
     return np.where(covered[:, None], filled, image).astype(np.float32)
 
 
+def incremental_chunks(context: "MethodContext", plan: Plan, total: int, size: int) -> list[np.ndarray]:
+    """Window indices 0..total-1 in chunks of at most `size`, as many as a multiple of the lanes that run them
+    side by side (so no lane idles through the last round), in order."""
+    lanes = _lanes(context.tail(plan.cut)[1])
+    count = -(-total // max(size, 1))
+    if lanes is not None:
+        count = -(-count // lanes[1]) * lanes[1]
+    return [k for k in np.array_split(np.arange(total), min(count, total)) if len(k)]
+
+
 def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fill: np.ndarray,
                         masks: tuple[np.ndarray, np.ndarray], occluded: Callable[[np.ndarray], np.ndarray],
                         chunks: Sequence[np.ndarray], nx: int) -> Iterator[dict[str, np.ndarray]]:
@@ -281,4 +291,4 @@ def describe(plan: Plan, used: bool, threshold: float) -> dict:
     return info
 
 
-__all__: Sequence[str] = ("occlusion_plan", "incremental_outputs", "describe")
+__all__: Sequence[str] = ("occlusion_plan", "incremental_chunks", "incremental_outputs", "describe")

@@ -95,6 +95,19 @@ def test_lanes_share_the_cores_up_to_four(region_model):
         assert (lanes if lanes is None else (lanes[1], lanes[0].threads)) == expected
 
 
+def test_chunks_come_in_multiples_of_the_lanes(region_model):
+    """729 windows in batches of 32: 23 chunks on one core; 24 of 30 or 31 on two, so no lane idles at the end."""
+    from types import SimpleNamespace
+    from onnxplain.methods.incremental import incremental_chunks
+    from onnxplain.model import Model
+    proto = Model.load(region_model).proto
+    for cores, count in ((1, 23), (2, 24)):
+        context = SimpleNamespace(tail=lambda cut, n=cores: (None, Runtime(proto, threads=n)))
+        chunks = incremental_chunks(context, SimpleNamespace(cut="x"), 729, 32)
+        assert len(chunks) == count and max(map(len, chunks)) <= 32
+        assert np.array_equal(np.concatenate(chunks), np.arange(729))
+
+
 def test_crops_are_the_cached_map_with_each_patch_pasted_in():
     """One index_select over the cached map's rows and the chunk's patches equals slicing each window's crop
     and pasting its patch, clipped where the patch runs past the crop; a larger chunk grows the buffer."""
