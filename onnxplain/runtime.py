@@ -197,6 +197,14 @@ class Runtime(BatchedRuntime):
                     raise load_error(exc) from None
             return self._sessions[key]
 
+    def with_threads(self, threads: int) -> "Runtime":
+        """This model on `threads` intra-op threads (built once per count), for callers that run several
+        batches at once from their own threads."""
+        siblings = self.__dict__.setdefault("_siblings", {})
+        if threads not in siblings:
+            siblings[threads] = Runtime(self.proto, self.providers, self.batch_size, self.quiet, threads=threads)
+        return siblings[threads]
+
     def _prepare(self, outputs: list[str]) -> None:
         self.session(outputs)
 

@@ -14,7 +14,7 @@ from ..targets import Target
 from . import register
 from .base import MultiTargetMethod, RawMaps
 from .baselines import baseline
-from .incremental import describe, incremental_outputs, occlusion_plan
+from .incremental import describe, incremental_chunks, incremental_outputs, occlusion_plan
 from .incremental_plan import Plan
 from .layout import channels_first_np
 from .perturb import SCORES, choose, chunk_size, image_score, pair, run_chunks, scores_of, with_score
@@ -172,13 +172,15 @@ class Occlusion(MultiTargetMethod):
         ny, nx = len(rows), len(cols)
         total, step = ny * nx, chunk_size(context)
         x = batch.x[i][None]
-        chunks = [np.arange(s, min(s + step, total)) for s in range(0, total, step)]
+        incremental = plan is not None and (plan.worth_it or self.params.incremental == "true")
+        chunks = incremental_chunks(context, plan, total, step) if incremental else \
+            [np.arange(s, min(s + step, total)) for s in range(0, total, step)]
 
         def occluded(k: np.ndarray) -> np.ndarray:
             return np.where(batch.spatial_mask(rows[k // nx, :, None] & cols[k % nx, None, :]), fill, x)
 
         desc = f"{self.name} {i + 1}/{len(batch)}"
-        if plan is not None and (plan.worth_it or self.params.incremental == "true"):
+        if incremental:
             runs = incremental_outputs(context, plan, batch.x[i], fill, (rows, cols), occluded, chunks, nx)
             runs = zip(chunks, progress(runs, desc=desc, quiet=context.quiet or len(chunks) < 4,
                                         total=len(chunks), unit="batch"))

@@ -69,6 +69,68 @@ def test_incremental_equals_plain_on_efficientnet_lite0(effnet):
     assert rel_err(fast.raw, plain.raw) < 1e-4
 
 
+@pytest.mark.parametrize("threads, side_by_side", [(1, False), (2, True)])
+def test_both_schedules_equal_plain(zoo_exports, monkeypatch, threads, side_by_side):
+    """One core: the next chunk's prefix beside the tail; two: whole chunks side by side on one-thread tail
+    sessions (Runtime.with_threads). Chunks of 8 windows: 36 windows make 5, the last one short."""
+    calls = []
+    original = Runtime.with_threads
+    monkeypatch.setattr(Runtime, "with_threads", lambda self, n: calls.append(n) or original(self, n))
+    ex = Explainer(zoo_exports.path("resnet", "legacy17"), preprocess="raw01", device="cpu", quiet=True,
+                   threads=threads, batch_size=8)
+    [plain] = ex.explain([image()], "occlusion", incremental="false", **OCCLUDE)
+    [fast] = ex.explain([image()], "occlusion", incremental="true", **OCCLUDE)
+    assert fast.extras["forwards"] == 36 and bool(calls) == side_by_side
+    assert all(n == 1 for n in calls)
+    assert rel_err(fast.raw, plain.raw) < 1e-4
+
+
+def test_lanes_share_the_cores_up_to_four(region_model):
+    """16 cores: 4 lanes whose tails get 4 threads each; 3 cores: 3 lanes of 1; 1 core: no lanes."""
+    from onnxplain.methods.incremental import _lanes
+    from onnxplain.model import Model
+    proto = Model.load(region_model).proto
+    for cores, expected in ((16, (4, 4)), (3, (3, 1)), (1, None)):
+        lanes = _lanes(Runtime(proto, threads=cores))
+        assert (lanes if lanes is None else (lanes[1], lanes[0].threads)) == expected
+
+
+def test_chunks_come_in_multiples_of_the_lanes(region_model):
+    """729 windows in batches of 32: 23 chunks on one core; 24 of 30 or 31 on two, so no lane idles at the end."""
+    from types import SimpleNamespace
+    from onnxplain.methods.incremental import incremental_chunks
+    from onnxplain.model import Model
+    proto = Model.load(region_model).proto
+    for cores, count in ((1, 23), (2, 24)):
+        context = SimpleNamespace(tail=lambda cut, n=cores: (None, Runtime(proto, threads=n)))
+        chunks = incremental_chunks(context, SimpleNamespace(cut="x"), 729, 32)
+        assert len(chunks) == count and max(map(len, chunks)) <= 32
+        assert np.array_equal(np.concatenate(chunks), np.arange(729))
+
+
+def test_crops_are_the_cached_map_with_each_patch_pasted_in():
+    """One index_select over the cached map's rows and the chunk's patches equals slicing each window's crop
+    and pasting its patch, clipped where the patch runs past the crop; a larger chunk grows the buffer."""
+    import torch
+    from onnxplain.methods.incremental import _Source
+    padded = torch.randn(1, 5, 12, 10)
+    source = _Source(padded)
+    for count in (3, 6):
+        rng = np.random.default_rng(count)
+        ty, tx = rng.integers(0, 7, count), rng.integers(0, 6, count)
+        dy, dx = rng.integers(-2, 5, count), rng.integers(-2, 4, count)
+        patch = torch.randn(count, 5, 3, 4)
+        crops = source.crops(patch, ty, tx, dy, dx, (6, 5))
+        assert crops.shape == (count, 5, 6, 5)
+        for b in range(count):
+            expected = padded[0, :, ty[b]:ty[b] + 6, tx[b]:tx[b] + 5].clone()
+            for i in range(3):
+                for j in range(4):
+                    if 0 <= dy[b] + i < 6 and 0 <= dx[b] + j < 5:
+                        expected[:, dy[b] + i, dx[b] + j] = patch[b, :, i, j]
+            assert torch.equal(crops[b], expected)
+
+
 def test_approximate_mode_stays_near_the_exact_map(zoo_exports):
     """Capping the changed region at 70% of each map drops changes: not exact, within 20% of the maximum (15%
     measured: windows of 12 of 32 pixels are a coarse case), and the cost model predicts more gain."""

@@ -32,6 +32,17 @@ def test_batched_run_equals_one_call_and_sessions_are_cached(region_model):
     assert runtime.forwards == 16
 
 
+def test_runtime_with_threads_is_built_once_per_count_and_runs_the_same_model(region_model):
+    model = Model.load(region_model)
+    runtime = Runtime(model.proto, batch_size=3)
+    one = runtime.with_threads(1)
+    assert one is runtime.with_threads(1) and one is not runtime.with_threads(2)
+    assert one.threads == 1 and one.batch_size == 3
+    assert one.session(["scores"]).get_session_options().intra_op_num_threads == 1
+    x = np.random.default_rng(1).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(one.run(x)["scores"], runtime.run(x)["scores"], rtol=1e-5, atol=1e-6)
+
+
 def test_fixed_batch_of_one_loops(tmp_path):
     text = """
     <ir_version: 8, opset_import: ["" : 13]>
