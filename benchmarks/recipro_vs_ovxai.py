@@ -7,7 +7,8 @@ OpenVINO-XAI needs numpy 1.x, so it runs from its own environment, never a depen
 
 Models: the bundled EfficientNet-Lite0 at its auto layer (OpenVINO-XAI's ReciproCAM: one-hot masks, logits,
 so ours runs mask=binary, softmax=false) and a ViT-B/16 layout (plain torch, seeded random weights, legacy
-export) at the output of block 11, the input of the last block (ViTReciproCAM's default block, k=1; Gaussian
+export) at block 11's residual after its attention (read by its MLP LayerNorm and residual add, the form
+ViTReciproCAM takes; Gaussian
 masks, logits). OpenVINO-XAI inserts the masked batch and the tail into the graph and returns every class's
 map from one inference. A worker process in that environment compiles the model once; rounds then
 alternate: ours through Explainer.explain (a fresh preprocessed batch: the forward and the tail on every masked
