@@ -6,6 +6,8 @@ whole model), every method on NCHW, NHWC and token layouts, and a pointing game 
 from __future__ import annotations
 
 
+import tracemalloc
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,6 +20,7 @@ from torch import nn
 import helpers
 from onnxplain import Explainer
 from onnxplain.errors import MethodError
+from onnxplain.methods import scorecam
 from onnxplain.methods.scorecam import distinct_masks
 
 METHODS = ["cam", "score-cam", "ablation-cam", "recipro-cam", "eigen-cam"]
@@ -326,6 +329,52 @@ def test_distinct_masks_groups_channels_by_normalised_map():
     first, shared = distinct_masks(maps)
     assert first.tolist() == [0, 1, 4]
     assert shared.tolist() == [0, 1, 0, 1, 2, 2]
+
+
+class WideNet(nn.Module):
+    """conv 3 -> `channels` (2x2, stride 2) -> relu -> mean -> linear to 4 classes: a layer of many channels
+    at half the input's resolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, channels, 2, stride=2)
+        self.fc = nn.Linear(channels, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def score_cam_peak(path, images) -> tuple[int, list[np.ndarray]]:
+    """(tracemalloc peak bytes of one Score-CAM call on every class, its maps) after a warm-up call."""
+    ex = explainer(path)
+    ex.explain(images, method="score-cam", target="all")
+    tracemalloc.start()
+    try:
+        maps = [a.raw for a in ex.explain(images, method="score-cam", target="all")]
+        return tracemalloc.get_traced_memory()[1], maps
+    finally:
+        tracemalloc.stop()
+
+
+def test_score_cam_memory_does_not_grow_with_the_channels(tmp_path, monkeypatch):
+    """From 64 to 256 channels of a 64x64 layer (128x128 input; both fill the 32-image batches of masks)
+    Score-CAM's peak grows by under twice the extra channels' float32 activations (the forward's own output);
+    normalising and summing all channels at once in float64 grew it by about 15 times. Blocks of 256 KiB (eight channels) give the maps of one
+    block (within 1e-6)."""
+    images = helpers.random_images(1, size=128)
+    monkeypatch.setattr(scorecam, "CHANNEL_BYTES", 1 << 18, raising=False)
+    peaks = {}
+    for channels in (64, 256):
+        path = helpers.export(WideNet(channels), tmp_path / f"wide{channels}.onnx", shape=(1, 3, 128, 128))
+        peaks[channels], maps = score_cam_peak(path, images)
+    extra_activations = (256 - 64) * 64 * 64 * 4
+    assert peaks[256] - peaks[64] < 2 * extra_activations, (peaks, extra_activations)
+    monkeypatch.setattr(scorecam, "CHANNEL_BYTES", 1 << 40, raising=False)
+    one_block = [a.raw for a in explainer(path).explain(images, method="score-cam", target="all")]
+    assert len(maps) == len(one_block) == 4
+    for blocks, whole in zip(maps, one_block):
+        assert rel_err(blocks, whole) < 1e-6
 
 
 def test_score_cam_blur_baseline_and_bad_params(region_model):
