@@ -27,7 +27,7 @@ from .runtime import BatchedRuntime, Runtime, TorchRuntime, one_thread_blas
 from .rowprune import pruned_split
 from .surgery import Split, split
 from .mapcheck import map_warnings_many
-from .targets import BoxLayout, Context, Target, resolve
+from .targets import BoxLayout, Context, Target, resolve, target_count
 from .task import understand
 
 log = logging.getLogger(__name__)
@@ -312,14 +312,18 @@ class Explainer:
             return []
 
     def check_cost(self, method: str, params: dict | None = None, layer: str | None = "auto",
-                   output: str | None = None) -> int:
+                   output: str | None = None, target: Any = None) -> int:
         """The forward passes per image that `method` with `params` would need here; LimitError over
-        max_forwards. Cheap (no model run): the server calls it before queueing a request."""
+        max_forwards, times `target`'s count (topK, all, a list) for a method run once per target, as explain
+        does. Cheap (no model run): the server calls it before queueing a request."""
         cls = method_registry.get(method)
         method_params = cls.make_params(**(params or {}))
-        layer_name = self.model.resolve_layer(layer, self.output_name(output)) if cls.uses_layer else None
+        output = self.output_name(output)
+        layer_name = self.model.resolve_layer(layer, output) if cls.uses_layer else None
         forwards = cls.cost(method_params, self.input_hw, self._layer_shape(layer_name))
-        self.limits.check_forwards(cls.name, forwards)
+        info = self.task.output(output)
+        targets = 1 if cls.multi_target else target_count(target, info.classes if info else None)
+        self.limits.check_forwards(cls.name, forwards, targets)
         return forwards
 
     @property

@@ -8,6 +8,7 @@ guessed from the graph (a final Softmax, the shapes) and can be given as options
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
@@ -76,6 +77,13 @@ class OutputInfo:
     @property
     def targets(self) -> tuple[str, ...]:
         return TARGETS.get(self.kind, ())
+
+    @property
+    def classes(self) -> int | None:
+        """Class scores per image from the declared shape (None: unknown, or not class scores)."""
+        dims = tuple(self.shape or ())[1:]
+        known = self.kind not in FITTING and all(isinstance(d, int) and d > 0 for d in dims)
+        return math.prod(dims) if known and dims else None
 
     def describe(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "kind": self.kind, "normalised": self.normalised,

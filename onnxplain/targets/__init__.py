@@ -105,6 +105,20 @@ def _softmax(x):
 TargetSpec = Any  # "predicted" | int | "topK" | name | "box:..." | "region:..." | list per image | Target | callable
 
 
+def target_count(spec: TargetSpec, classes: int | None) -> int:
+    """How many targets one image gets from `spec`, as far as is known without a forward: topK gives K (at most
+    `classes`), all gives `classes` (1 where unknown), a list its largest entry's count, anything else 1."""
+    if isinstance(spec, (list, tuple)):
+        return max((target_count(s, classes) for s in spec), default=1)
+    text = spec.strip() if isinstance(spec, str) else ""
+    if text == "all":
+        return classes or 1
+    match = re.fullmatch(r"top(\d+)", text)
+    if match:
+        return max(1, min(int(match.group(1)), classes or int(match.group(1))))
+    return 1
+
+
 def resolve(spec: TargetSpec, context: Context) -> list[list[Target]]:
     """Targets per image (top-k gives several) from a spec and the batch's outputs."""
     n = len(context.outputs[context.output])

@@ -141,6 +141,44 @@ def test_a_client_that_leaves_cancels_its_work():
             time.sleep(0.05)
 
 
+class Counted:
+    """An explainer that counts the explain calls the server's batches make."""
+
+    def __init__(self, explainer):
+        self.explainer, self.explains = explainer, 0
+
+    def __getattr__(self, name):
+        return getattr(self.explainer, name)
+
+    def explain(self, *args, **kwargs):
+        self.explains += 1
+        return self.explainer.explain(*args, **kwargs)
+
+
+def test_targets_of_a_method_run_once_per_target_are_counted_before_queueing():
+    """SmoothGrad (n=50, once per target) on 40 classes under --max-forwards 1000: target all (40 x 50) and top30
+    are 413 before any batch runs, naming the targets; top3 (150) and Score-CAM on all (one run for every
+    target) are served."""
+    counted = Counted(onnxplain.Explainer(tiny(classes=40), quiet=True, max_forwards=1000))
+    app = create_app(counted, workers=1)
+    image = _b64(png(IMAGE))
+    with Live(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        for target, total in (("all", "2,000"), ("top30", "1,500")):
+            refused = client.post("/explain", json={"image": image, "method": "smoothgrad", "target": target,
+                                                    "params": {"n": 50}})
+            assert refused.status_code == 413
+            assert refused.json() == {"error": f"Method 'smoothgrad' runs once per target: {target[3:] or 40} "
+                                               f"targets of about 50 forward passes each need about {total} per "
+                                               "image, over the limit of 1,000; ask for fewer targets (-t), lower n "
+                                               "or steps, or raise --max-forwards."}
+        assert counted.explains == 0
+        served = [client.post("/explain", json={"image": image, "method": method, "target": target,
+                                                "params": params})
+                  for method, target, params in (("smoothgrad", "top3", {"n": 50}), ("score-cam", "all", {}))]
+        assert [r.status_code for r in served] == [200, 200], [r.text for r in served]
+        assert counted.explains == 2
+
+
 def _b64(data: bytes) -> str:
     import base64
     return base64.b64encode(data).decode()

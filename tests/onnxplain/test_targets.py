@@ -11,7 +11,7 @@ import onnxplain
 import real_models
 from onnxplain.errors import TargetError
 from onnxplain.images import preset
-from onnxplain.targets import BoxLayout, BoxTarget, ClassTarget, RegionTarget
+from onnxplain.targets import BoxLayout, BoxTarget, ClassTarget, RegionTarget, target_count
 
 
 class TinyYolo(nn.Module):
@@ -177,3 +177,16 @@ def test_ppocr_text_line_region_highlights_that_line(line):
         [a] = explainer.explain([data.page()], method=method, target=f"region:20,{y0},360,{y1}", **params)
         means = {name: float(np.abs(a.heatmap[r0:r1]).mean()) for name, (r0, r1) in LINES.items()}
         assert max(means, key=means.get) == line, (method, means)
+
+
+def test_target_count_known_without_a_forward(region_model):
+    """topK gives K (at most the classes), all the classes (1 unknown), a list its largest entry, others 1; the
+    Explainer's check_cost multiplies a once-per-target method's cost by it, as explain does."""
+    assert [target_count(spec, 1000) for spec in ("top5", "all", "top2000", 7, "predicted", "box:1,2,3,4")] == \
+        [5, 1000, 1000, 1, 1, 1]
+    assert target_count("all", None) == 1 and target_count(["top2", 3, "top4"], 10) == 4
+    ex = onnxplain.Explainer(region_model, quiet=True, max_forwards=100)
+    assert ex.check_cost("smoothgrad", {"n": 40}, target=["top2", 1]) == 40
+    with pytest.raises(onnxplain.errors.UserError, match=r"3 targets of about 40 forward passes each need about 120"):
+        ex.check_cost("smoothgrad", {"n": 40}, target="all")
+    assert ex.check_cost("rise", {"n": 90}, target="all") == 90  # every target from one run
