@@ -1,6 +1,7 @@
 """Reading an ONNX file safely: parse errors as one sentence, external data only from the model's folder."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -41,6 +42,33 @@ def read_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onn
         raise ModelError(f"{'Model file ' + repr(str(path)) if path else 'The model bytes'} declares no graph "
                          "outputs, so there is nothing to explain; re-export it with its outputs.")
     return proto, path
+
+
+def check_opset(proto: onnx.ModelProto) -> None:
+    """Refuse, at load rather than at the first run, a default-domain opset newer than onnxruntime supports
+    (one sentence naming both and what to do)."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    refusal = _ort_refusal(opset) if opset else None
+    if refusal is not None:
+        from .runtime import load_error
+        raise load_error(Exception(refusal))
+
+
+@functools.lru_cache(maxsize=None)
+def _ort_refusal(opset: int) -> str | None:
+    """onnxruntime's own words when it refuses default-domain `opset` (None where it loads it), from a one-node
+    model stamped with it: its rule exactly, checked once per opset and process."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "opset probe", value[:1], value[1:])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # only the opset refusal is said here; anything else is left to the real model
+        return str(exc) if "till opset" in str(exc) else None
+    return None
 
 
 def check_finite_weights(proto: onnx.ModelProto) -> None:

@@ -19,7 +19,7 @@ from onnx import shape_inference
 
 from . import graph
 from .errors import ModelError, TensorNameError, unknown_name_message
-from .loading import check_finite_weights, load_external_data, read_proto
+from .loading import check_finite_weights, check_opset, load_external_data, read_proto
 from .probe import probe_shapes
 
 Dim = int | str | None
@@ -118,6 +118,7 @@ class Model:
         if isinstance(source, Model):
             return source
         proto, path = read_proto(source)
+        check_opset(proto)
         load_external_data(proto, path.parent if path else None)
         check_finite_weights(proto)
         return cls(proto, path, probe_size)

@@ -318,6 +318,25 @@ def test_api_refuses_with_one_sentence(case, explainer, files):
     assert str(info.value) == sentence
 
 
+def test_opset_newer_than_onnxruntime_is_refused_when_the_model_loads(monkeypatch):
+    """Model.load says it, before any onnxruntime session of the model exists (the Explainer would only have said
+    it at its first run's session); onnxruntime's newest opset itself loads."""
+    from onnxplain.model import Model
+    newest = int(_ort_opset())
+    sessions = []
+    import onnxruntime
+    real = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda model, *a, **k: sessions.append(model) or
+                        real(model, *a, **k))
+    with pytest.raises(UserError) as info:
+        Model.load(tiny(opset=newest + 2))
+    assert str(info.value) == (f"The model uses opset {newest + 2} of ai.onnx, newer than onnxruntime "
+                               f"{_ort_version()} supports (up to {newest}); re-export it with opset {newest} or "
+                               "lower, or upgrade onnxruntime.")
+    assert tiny(opset=newest + 2) not in sessions
+    assert Model.load(tiny(opset=newest)).opset == newest
+
+
 def test_inf_weights_flag_nonfinite_scores(files, caplog):
     e = onnxplain.Explainer(files["inf"], quiet=True)
     with caplog.at_level("WARNING"):
