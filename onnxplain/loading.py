@@ -71,13 +71,17 @@ def _ort_refusal(opset: int) -> str | None:
     return None
 
 
-def check_finite_weights(proto: onnx.ModelProto) -> None:
-    """Refuse weights holding NaN (one sentence naming the first); infinities are logged (masks use -inf)."""
+def check_finite_weights(proto: onnx.ModelProto) -> str | None:
+    """Refuse weights holding NaN (one sentence naming the first); infinities give one sentence (None: none),
+    naming how many float tensors hold them and the first: -inf alone is what attention masks use, +inf is
+    likely a bug. Checked once per load."""
     import numpy as np
     from onnx import numpy_helper
 
     tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node if n.op_type == "Constant"
                                                for a in n.attribute if a.name == "value"]
+    infinite: list[tuple[str, int]] = []
+    positive = False
     for tensor in tensors:
         if tensor.data_type not in FLOAT_TYPES:
             continue
@@ -89,8 +93,20 @@ def check_finite_weights(proto: onnx.ModelProto) -> None:
         if nans:
             raise ModelError(f"The model's weight '{tensor.name}' holds {nans} NaN value(s) of {values.size}; the "
                              "export or the training went wrong, re-export from a checkpoint with finite weights.")
-        log.warning("The model's weight '%s' holds %d infinite value(s); fine for masks, a bug anywhere else.",
-                    tensor.name, int(bad.sum()))
+        infinite.append((tensor.name, int(bad.sum())))
+        positive = positive or bool((values == np.inf).any())
+    if not infinite:
+        return None
+    (name, count), tensors_count = infinite[0], len(infinite)
+    where = f"{tensors_count} tensor{'s' if tensors_count > 1 else ''}"
+    first = f"the first '{name}' with {count} value{'s' if count > 1 else ''}"
+    if positive:
+        note = (f"The model's weights hold +inf in {where} ({first}); attention masks use -inf, so +inf is likely "
+                "an export bug: check the explanations' scores.")
+    else:
+        note = f"The model's weights hold -inf in {where} (attention masks use it; {first})."
+    (log.warning if positive else log.info)(note)
+    return note
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)

@@ -98,6 +98,8 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
 class Model:
     """An ONNX model loaded, checked and indexed; never modified after load."""
 
+    weight_note: str | None = None  # one sentence on infinite weights (loading.check_finite_weights), if any
+
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None,
                  probe_size: tuple[int, int] | None = None, like: "Model | None" = None):
         self.proto = proto
@@ -120,8 +122,10 @@ class Model:
         proto, path = read_proto(source)
         check_opset(proto)
         load_external_data(proto, path.parent if path else None)
-        check_finite_weights(proto)
-        return cls(proto, path, probe_size)
+        note = check_finite_weights(proto)
+        model = cls(proto, path, probe_size)
+        model.weight_note = note
+        return model
 
     def reweighted(self, proto: onnx.ModelProto) -> "Model":
         """A Model for `proto`, another set of weights for this graph (e.g. randomised): when the graphs match,

@@ -57,7 +57,7 @@ def describe(explainer, spatial_only: bool = False, batch=None, output: str | No
                        "resize": pre.resize, "size": list(explainer.spec.size or pre.size or model.probe_size
                                                          or (224, 224))},
         "task": task,
-        "weights": {"count": len(model.weights), "bytes": model.weight_bytes},
+        "weights": {"count": len(model.weights), "bytes": model.weight_bytes, "note": model.weight_note},
         "layers": [{"name": t.name, "op": t.op_type, "shape": _fmt_shape(t.shape), "layout": t.layout,
                     "scope": t.scope} for t in layers],
         "auto_layer": auto_layer(explainer, batch, output),
@@ -143,6 +143,8 @@ def format_report(report: dict) -> str:
         lines.append(f"problem    {problem}")
     w = report["weights"]
     lines.append(f"weights    {w['count']} tensors, {w['bytes'] / 1e6:.2f} MB")
+    if w.get("note"):
+        lines.append(f"           {w['note']}")
     conv = report["converter"]
     upcast = " as float32 (the model holds float16)" if conv.get("float32") else ""
     lines.append("converter  " + (f"converts to torch{upcast} (gradient methods available)" if conv["ok"] else

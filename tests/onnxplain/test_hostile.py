@@ -342,8 +342,31 @@ def test_inf_weights_flag_nonfinite_scores(files, caplog):
     with caplog.at_level("WARNING"):
         [prediction] = e.predict(IMAGE)
     assert not all(np.isfinite(s) for _, _, s, _ in prediction.top)
-    assert any("weight 'fc.bias' holds 1 infinite" in r.message for r in caplog.records)
+    assert any("weights hold +inf in 1 tensor (the first 'fc.bias' with 1 value)" in r.message
+               for r in caplog.records)
     assert any("output 'logits' holds" in r.message and "NaN or infinite" in r.message for r in caplog.records)
+
+
+def test_infinite_weights_are_said_by_inspect_and_plus_inf_warned_by_explain(files, tmp_path):
+    """-inf (what attention masks use) is one sentence in inspect and no warning on explanations; +inf is the
+    same sentence in inspect and a warning on every explanation; neither is refused."""
+    minus = tmp_path / "minus.onnx"
+    minus.write_bytes(tiny(weight=-float("inf")))
+    expected = {minus: "The model's weights hold -inf in 1 tensor (attention masks use it; the first "
+                       "'conv.weight' with 1 value).",
+                files["inf"]: "The model's weights hold +inf in 1 tensor (the first 'fc.bias' with 1 value); "
+                              "attention masks use -inf, so +inf is likely an export bug: check the explanations' "
+                              "scores."}
+    for path, sentence in expected.items():
+        result = run_cli(["inspect", path, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["weights"]["note"] == sentence
+        text = run_cli(["inspect", path])
+        assert sentence in text.stdout
+        [attribution] = onnxplain.Explainer(path, quiet=True).explain(IMAGE, "cam", target=0)
+        assert (sentence in attribution.warnings) == (path == files["inf"])
+    clean = run_cli(["inspect", files["ok"], "--json"])
+    assert json.loads(clean.stdout)["weights"]["note"] is None
 
 
 # ---- images: orientation and bounded output --------------------------------------------------------------
