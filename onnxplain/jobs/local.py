@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import UserError
-from .inputs import Item, check_shard, content_hash, list_inputs, select
-from .store import Store
-from .work import JobSpec, Worker, _read, build_explainer, default_threads
+from .inputs import Item, check_shard, list_inputs, read_bytes, select
+from .store import Store, is_done
+from .work import JobSpec, Worker, build_explainer, default_threads
 
 
 @dataclass
@@ -46,7 +46,7 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     explainer = build_explainer(spec, threads or default_threads())
     worker = Worker(spec, explainer, Path(out))
     store = Store(out, spec.as_dict(), worker.params_hash, resume)
-    done = store.done() if resume else set()
+    done = store.done() if resume else {}
     rows, maps, skipped, written, errors = [], {}, 0, 0, 0
     batch: list[tuple[Item, bytes | None]] = []
 
@@ -62,8 +62,8 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         batch.clear()
 
     for item in progress(items, desc="job", quiet=quiet, unit="image"):
-        blob = _read(item.path)
-        if done and blob is not None and (item.name, content_hash(blob)) in done:
+        blob = read_bytes(item.path)
+        if is_done(item, done, blob):
             skipped += 1
             continue
         batch.append((item, blob))

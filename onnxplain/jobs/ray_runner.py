@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from .inputs import Item, check_shard, list_inputs, select
-from .store import pack_maps, read_results, table
+from .store import finished, is_done, pack_maps, table
 from .work import JobSpec, Worker, build_explainer
 
 RESERVE_CPUS = 0.5   # left to Ray Data's own tasks (writes, splits) beside the actors
@@ -63,6 +63,12 @@ class ExplainActor:
         return table(rows, inline)
 
 
+def pending(items: Sequence[Item], out: str | os.PathLike, params_hash: str) -> list[Item]:
+    """The items a Ray job's folder `out` has not done with these parameters (the in-process rule, is_done)."""
+    done = finished(sorted(Path(out).glob("*.parquet")), params_hash)
+    return [item for item in items if not is_done(item, done)]
+
+
 def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.PathLike,
             address: str | None = None, actors: int | None = None, cpus_per_actor: float | None = None,
             gpus_per_actor: float | None = None, shard: tuple[int, int] | str | None = None,
@@ -70,7 +76,7 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     """Run `spec` on Ray Data and write Parquet files (rows of results.parquet plus an inline `maps` column of
     npz bytes) into `out`; returns `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
     it connects to that cluster, whose workers must see the image paths and `out` (a shared filesystem).
-    `resume` skips images whose relative path is already in `out` with the same parameters.
+    `resume` skips the images `out` already holds (`store.is_done`: same path, content and parameters).
     """
     try:
         import ray
@@ -80,12 +86,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         else list_inputs(inputs)
     items = select(items, check_shard(shard))
     out = Path(out)
-    if resume and any(out.glob("*.parquet")):
-        finished = read_results(out)
-        params = spec.params_hash()
-        done = {p for p, h in zip(finished.column("path").to_pylist(), finished.column("params_hash").to_pylist())
-                if h == params}
-        items = [item for item in items if item.name not in done]
+    if resume:
+        items = pending(items, out, spec.params_hash())
     elif out.is_dir():
         for old in out.glob("*.parquet"):
             old.unlink()

@@ -16,11 +16,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from ..errors import UserError
+from .inputs import Item, content_hash, read_bytes
 
 PREDICTION = [("index", "int64"), ("name", "string"), ("score", "float64"), ("probability", "float64")]
 EXPLANATION = [("method", "string"), ("target", "string"), ("target_index", "int64"), ("layer", "string"),
@@ -92,16 +93,9 @@ class Store:
                 shard.unlink()
         (self.out / "results.parquet").unlink(missing_ok=True)
 
-    def done(self) -> set[tuple[str, str]]:
-        """(relative path, content hash) of every row already written with these parameters."""
-        import pyarrow.parquet as pq
-        found = set()
-        for part in sorted(self.parts.glob("part-*.parquet")):
-            t = pq.read_table(part, columns=["path", "hash", "params_hash"])
-            for path, digest, params in zip(*(t.column(c).to_pylist() for c in ("path", "hash", "params_hash"))):
-                if params == self.params_hash:
-                    found.add((path, digest))
-        return found
+    def done(self) -> dict[str, set[str]]:
+        """Content hashes by relative path of every row already written with these parameters (see is_done)."""
+        return finished(sorted(self.parts.glob("part-*.parquet")), self.params_hash)
 
     def append(self, rows: list[dict], maps: dict[str, np.ndarray]) -> None:
         """Write one flush: its maps shard, then its part (the part's rename is the commit)."""
@@ -124,6 +118,31 @@ class Store:
                 writer.write_table(pq.read_table(part, schema=schema()))
         os.replace(temp, target)
         return target
+
+
+def finished(files: Iterable[Path], params_hash: str) -> dict[str, set[str]]:
+    """Content hashes by relative path of the rows in these Parquet files written with `params_hash` (the
+    parts of an in-process job, the files of a Ray job); what `is_done` checks an item against."""
+    import pyarrow.parquet as pq
+    found: dict[str, set[str]] = {}
+    for file in files:
+        t = pq.read_table(file, columns=["path", "hash", "params_hash"])
+        for path, digest, params in zip(*(t.column(c).to_pylist() for c in ("path", "hash", "params_hash"))):
+            if params == params_hash and digest:
+                found.setdefault(path, set()).add(digest)
+    return found
+
+
+def is_done(item: Item, done: dict[str, set[str]], blob: bytes | None = None) -> bool:
+    """The resume rule of both runners: a row with the item's relative path and the content hash of its bytes
+    as they are now was written with the same parameters, so a file replaced at the same path runs again.
+    `blob` is the file's bytes where the caller read them; else they are read only if the name was written."""
+    hashes = done.get(item.name)
+    if not hashes:
+        return False
+    if blob is None:
+        blob = read_bytes(item.path)
+    return blob is not None and content_hash(blob) in hashes
 
 
 def read_results(out: str | os.PathLike):
