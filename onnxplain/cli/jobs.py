@@ -31,10 +31,7 @@ class JobOptions:
     overlays: bool | None = None  # None: on in-process, off on Ray
 
     def spec_fields(self) -> dict:
-        """The JobSpec fields these options set (maps, overlays), checked against --ray."""
-        from ..errors import UserError
-        if self.overlays and self.ray:
-            raise UserError("Overlays are not written on Ray (the maps are in its Parquet files); drop --overlays.")
+        """The JobSpec fields these options set (maps, overlays: off on Ray unless asked)."""
         return {"maps": self.maps, "overlays": not self.ray if self.overlays is None else self.overlays}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -51,10 +52,11 @@ def plan_actors(total_cpus: float, total_gpus: float = 0.0, actors: int | None =
 
 
 class ExplainActor:
-    """One Ray actor: builds the Explainer in its own process and turns batches of items into result rows."""
+    """One Ray actor: builds the Explainer in its own process and turns batches of items into result rows;
+    with `spec.overlays` it writes the in-process job's overlay files under `out` (Worker._overlay)."""
 
-    def __init__(self, spec: JobSpec, threads: int):
-        self.worker = Worker(spec, build_explainer(spec, threads))
+    def __init__(self, spec: JobSpec, threads: int, out: str | None = None):
+        self.worker = Worker(spec, build_explainer(spec, threads), Path(out) if out else None)
 
     def __call__(self, batch: dict) -> "object":
         items = [Item(str(p), str(n), json.loads(t)) for p, n, t in zip(batch["path"], batch["name"], batch["target"])]
@@ -74,7 +76,7 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
             gpus_per_actor: float | None = None, shard: tuple[int, int] | str | None = None,
             resume: bool = False, num_cpus: int | None = None) -> Path:
     """Run `spec` on Ray Data and write Parquet files (rows of results.parquet plus an inline `maps` column of
-    npz bytes) into `out`; returns `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
+    npz bytes) into `out`, and the in-process job's files under `out/overlays` with `spec.overlays`; returns `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
     it connects to that cluster, whose workers must see the image paths and `out` (a shared filesystem).
     `resume` skips the images `out` already holds (`store.is_done`: same path, content and parameters).
     """
@@ -91,6 +93,7 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     elif out.is_dir():
         for old in out.glob("*.parquet"):
             old.unlink()
+        shutil.rmtree(out / "overlays", ignore_errors=True)
     if not items:
         return out
     if not ray.is_initialized():
@@ -102,7 +105,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     rows = [{"path": i.path, "name": i.name, "target": json.dumps(i.target)} for i in items]
     data = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // spec.batch_size, 4 * plan.actors)))
     gpus = {"num_gpus": plan.gpus} if plan.gpus else {}
-    results = data.map_batches(ExplainActor, fn_constructor_kwargs={"spec": actor_spec, "threads": plan.threads},
+    results = data.map_batches(ExplainActor, fn_constructor_kwargs={"spec": actor_spec, "threads": plan.threads,
+                                                      "out": str(out.resolve())},
                                batch_size=spec.batch_size, batch_format="numpy", concurrency=plan.actors,
                                num_cpus=plan.cpus, **gpus)
     out.mkdir(parents=True, exist_ok=True)

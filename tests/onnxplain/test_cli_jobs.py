@@ -275,5 +275,10 @@ def test_ray_gives_the_in_process_rows(model, photos, tmp_path, local_ray):
     again = explain(model, str(photos), "--out", str(tmp_path / "ray"), "--ray", "--actors", "2", "--maps", "raw",
                     "--resume")
     assert again.stdout.strip().splitlines()[-1] == f"7 images: 0 written, 7 already done -> {tmp_path / 'ray'}"
-    refused = explain(model, str(photos), "--out", str(tmp_path / "x"), "--ray", "--overlays")
-    assert refused.exit_code == 2 and "Overlays are not written on Ray" in refused.output
+    drawn = explain(model, str(photos), "--out", str(tmp_path / "x"), "--ray", "--actors", "1", "--overlays")
+    assert drawn.exit_code == 0, drawn.output   # the actors write the in-process overlay files
+    assert explain(model, str(photos), "--out", str(tmp_path / "y")).exit_code == 0
+
+    def overlays(out: Path) -> list[str]:
+        return sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*") if p.is_file())
+    assert len(overlays(tmp_path / "y")) >= 21 and overlays(tmp_path / "x") == overlays(tmp_path / "y")

@@ -303,6 +303,29 @@ def test_resume_recomputes_a_file_replaced_at_the_same_path_on_both_runners(tmp_
     assert pending(items, tmp_path / "ray", spec.params_hash()) == []
 
 
+def test_ray_writes_the_in_process_overlay_files_with_occlusions_panels(tmp_path, model, local_ray):
+    """overlays=True on Ray goes through the in-process writer (Attribution.save): the same files, occlusion's
+    class-map and per-window activation panels included, and the same rows (overlay paths too)."""
+    from onnxplain.jobs import run_ray
+    write_images(tmp_path / "imgs", 3)
+    params = {"occlusion": {"window": 8, "stride": 8, "class_map": True, "activation_layer": "auto"}}
+    spec = spec_for(model, methods=("occlusion",), params=params, overlays=True, batch_size=2)
+    run_job(spec, tmp_path / "imgs", tmp_path / "local")
+    run_ray(spec, tmp_path / "imgs", tmp_path / "ray", actors=1)
+
+    def files(out: Path) -> list[str]:
+        return sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*") if p.is_file())
+    local = files(tmp_path / "local")
+    assert {f.split(".", 4)[-1] for f in local} == {"png", "npy", "raw.npy", "valid.npy", "class_map.png",
+                                                    "drops.png", "layer_activation.png", "channel_activation.png"}, local
+    assert files(tmp_path / "ray") == local
+    ray_rows = rows_by_path(read_results(tmp_path / "ray"))
+    local_rows = rows_by_path(read_results(tmp_path / "local"))
+    assert_same(ray_rows, local_rows)
+    assert {e["overlay"] for r in ray_rows.values() for e in r["explanations"]} == {
+        f for f in local if f.count(".") == 4 and f.endswith(".png")}
+
+
 def test_an_embed_job_stores_the_vectors_features_embed_gives(tmp_path, model):
     from onnxplain.explainer import Explainer
     from onnxplain.features.embed import embed
