@@ -130,7 +130,14 @@ class ErrorRows:
             rows, self.pending, self.probe = self.pending, [], 0
         for row in rows:
             if row["error"] is not None:
-                click.echo(f"failed: {row['path']}: {row['error']}", err=True)
+                click.echo(error_line(row), err=True)
+
+
+def error_line(row: dict) -> str:
+    """`failed: SENTENCE` for an error row; the image's name goes before the sentence only where the sentence
+    does not name the file already (decode errors do: `images.decode` quotes the path)."""
+    named = bool(row.get("source")) and f"'{row['source']}'" in row["error"]
+    return f"failed: {row['error']}" if named else f"failed: {row['path']}: {row['error']}"
 
 
 def _on_ray(spec: Any, items: list, out: Path, jobs: JobOptions) -> dict:
