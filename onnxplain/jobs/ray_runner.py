@@ -76,7 +76,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
             gpus_per_actor: float | None = None, shard: tuple[int, int] | str | None = None,
             resume: bool = False, num_cpus: int | None = None) -> Path:
     """Run `spec` on Ray Data and write Parquet files (rows of results.parquet plus an inline `maps` column of
-    npz bytes) into `out`, and the in-process job's files under `out/overlays` with `spec.overlays`; returns `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
+    npz bytes) into `out`, with `spec.overlays` also the in-process job's files under `out/overlays`; returns
+    `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
     it connects to that cluster, whose workers must see the image paths and `out` (a shared filesystem).
     `resume` skips the images `out` already holds (`store.is_done`: same path, content and parameters).
     """

@@ -316,8 +316,9 @@ def test_ray_writes_the_in_process_overlay_files_with_occlusions_panels(tmp_path
     def files(out: Path) -> list[str]:
         return sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*") if p.is_file())
     local = files(tmp_path / "local")
-    assert {f.split(".", 4)[-1] for f in local} == {"png", "npy", "raw.npy", "valid.npy", "class_map.png",
-                                                    "drops.png", "layer_activation.png", "channel_activation.png"}, local
+    assert {f.split(".", 4)[-1] for f in local} == {
+        "png", "npy", "raw.npy", "valid.npy", "class_map.png", "drops.png", "layer_activation.png",
+        "channel_activation.png"}, local
     assert files(tmp_path / "ray") == local
     ray_rows = rows_by_path(read_results(tmp_path / "ray"))
     local_rows = rows_by_path(read_results(tmp_path / "local"))
