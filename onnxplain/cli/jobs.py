@@ -146,7 +146,7 @@ def _on_ray(spec: Any, items: list, out: Path, jobs: JobOptions) -> dict:
     from ..jobs.ray_runner import pending
     from ..jobs.work import Worker, build_explainer
     resumed = jobs.resume and any(out.glob("*.parquet"))
-    todo = pending(items, out, spec.params_hash()) if resumed else items
+    todo = pending(items, out, spec.params_hash())[0] if resumed else items
     if todo and not resumed:
         probe = todo[:SETTINGS_PROBE]
         ErrorRows(len(probe))(Worker(spec, build_explainer(spec, jobs.threads)).process(probe)[0])

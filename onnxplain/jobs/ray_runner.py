@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from .inputs import Item, check_shard, list_inputs, select
-from .store import finished, is_done, pack_maps, table
+from .store import drop_rows, finished, pack_maps, resume_state, table
 from .work import JobSpec, Worker, build_explainer
 
 RESERVE_CPUS = 0.5   # left to Ray Data's own tasks (writes, splits) beside the actors
@@ -65,10 +65,17 @@ class ExplainActor:
         return table(rows, inline)
 
 
-def pending(items: Sequence[Item], out: str | os.PathLike, params_hash: str) -> list[Item]:
-    """The items a Ray job's folder `out` has not done with these parameters (the in-process rule, is_done)."""
+def pending(items: Sequence[Item], out: str | os.PathLike, params_hash: str) -> tuple[list[Item], set]:
+    """The items a Ray job's folder `out` has not done with these parameters, and the rows their recomputation
+    supersedes (the in-process rule, store.resume_state)."""
     done = finished(sorted(Path(out).glob("*.parquet")), params_hash)
-    return [item for item in items if not is_done(item, done)]
+    todo, stale = [], set()
+    for item in items:
+        finished_now, superseded = resume_state(item, done)
+        stale |= superseded
+        if not finished_now:
+            todo.append(item)
+    return todo, stale
 
 
 def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.PathLike,
@@ -79,7 +86,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     npz bytes) into `out`, with `spec.overlays` also the in-process job's files under `out/overlays`; returns
     `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
     it connects to that cluster, whose workers must see the image paths and `out` (a shared filesystem).
-    `resume` skips the images `out` already holds (`store.is_done`: same path, content and parameters).
+    `resume` skips the images `out` already holds (`store.resume_state`: same path, content and
+    parameters); the rows of a file replaced since are dropped and it runs again.
     """
     try:
         import ray
@@ -90,7 +98,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     items = select(items, check_shard(shard))
     out = Path(out)
     if resume:
-        items = pending(items, out, spec.params_hash())
+        items, stale = pending(items, out, spec.params_hash())
+        drop_rows(sorted(out.glob("*.parquet")), stale)   # killed after this, those images are simply not done
     elif out.is_dir():
         for old in out.glob("*.parquet"):
             old.unlink()

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class Store:
         (self.out / "results.parquet").unlink(missing_ok=True)
 
     def done(self) -> dict[str, set[str]]:
-        """Content hashes by relative path of every row already written with these parameters (see is_done)."""
+        """Content hashes by relative path of every row already written with these parameters (see resume_state)."""
         return finished(sorted(self.parts.glob("part-*.parquet")), self.params_hash)
 
     def append(self, rows: list[dict], maps: dict[str, np.ndarray]) -> None:
@@ -107,6 +107,18 @@ class Store:
         pq.write_table(table(rows), buffer)
         _write_atomic(self.parts / f"part-{name}.parquet", buffer.getvalue())
         self.next_index += 1
+
+    def drop(self, rows: set[tuple[str, str]]) -> None:
+        """Remove the (path, hash) rows a recomputed image supersedes from the parts, and that image's maps
+        from their shards first (a kill in between leaves the row, dropped again on the next resume)."""
+        drop_rows(sorted(self.parts.glob("part-*.parquet")), rows, self._drop_maps)
+
+    def _drop_maps(self, part: Path, paths: set[str]) -> None:
+        shard = self.maps / f"maps-{_index(part):05d}.npz"
+        if shard.is_file():
+            with np.load(shard) as data:
+                kept = {k: data[k] for k in data.files if k.split("::", 1)[0] not in paths}
+            _write_atomic(shard, pack_maps(kept))
 
     def consolidate(self) -> Path:
         """`results.parquet`: every part as a row group of one file, in part order (flat memory)."""
@@ -122,7 +134,7 @@ class Store:
 
 def finished(files: Iterable[Path], params_hash: str) -> dict[str, set[str]]:
     """Content hashes by relative path of the rows in these Parquet files written with `params_hash` (the
-    parts of an in-process job, the files of a Ray job); what `is_done` checks an item against."""
+    parts of an in-process job, the files of a Ray job); what `resume_state` checks an item against."""
     import pyarrow.parquet as pq
     found: dict[str, set[str]] = {}
     for file in files:
@@ -133,16 +145,37 @@ def finished(files: Iterable[Path], params_hash: str) -> dict[str, set[str]]:
     return found
 
 
-def is_done(item: Item, done: dict[str, set[str]], blob: bytes | None = None) -> bool:
-    """The resume rule of both runners: a row with the item's relative path and the content hash of its bytes
-    as they are now was written with the same parameters, so a file replaced at the same path runs again.
+def resume_state(item: Item, done: dict[str, set[str]], blob: bytes | None = None) -> tuple[bool, set]:
+    """The resume rule of both runners: (whether the item is done, the rows it supersedes). Done means a row with
+    its relative path and the content hash of its bytes as they are now was written with the same parameters;
+    the rows of that path for other bytes (a file replaced in place) are (path, hash) pairs for drop_rows.
     `blob` is the file's bytes where the caller read them; else they are read only if the name was written."""
-    hashes = done.get(item.name)
-    if not hashes:
-        return False
-    if blob is None:
+    hashes = done.get(item.name, set())
+    if hashes and blob is None:
         blob = read_bytes(item.path)
-    return blob is not None and content_hash(blob) in hashes
+    current = content_hash(blob) if hashes and blob is not None else None
+    return current in hashes, {(item.name, h) for h in hashes if h != current}
+
+
+def drop_rows(files: Iterable[Path], rows: set[tuple[str, str]],
+              first: Callable[[Path, set[str]], None] | None = None) -> None:
+    """Rewrite (atomically) each Parquet file that holds one of these (path, hash) rows, without them: the
+    rows a recomputed image supersedes, so results keep one row per image. `first(file, paths)` runs before a
+    file is rewritten (the in-process store drops those paths' maps from the file's shard)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    if not rows:
+        return
+    for file in files:
+        keys = [(r["path"], r["hash"]) for r in pq.read_table(file, columns=["path", "hash"]).to_pylist()]
+        keep = [key not in rows for key in keys]
+        if all(keep):
+            continue
+        if first is not None:
+            first(Path(file), {path for (path, _), kept in zip(keys, keep) if not kept})
+        buffer = io.BytesIO()
+        pq.write_table(pq.read_table(file).filter(pa.array(keep)), buffer)
+        _write_atomic(Path(file), buffer.getvalue())
 
 
 def read_results(out: str | os.PathLike):
