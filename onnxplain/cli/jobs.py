@@ -31,10 +31,7 @@ class JobOptions:
     overlays: bool | None = None  # None: on in-process, off on Ray
 
     def spec_fields(self) -> dict:
-        """The JobSpec fields these options set (maps, overlays), checked against --ray."""
-        from ..errors import UserError
-        if self.overlays and self.ray:
-            raise UserError("Overlays are not written on Ray (the maps are in its Parquet files); drop --overlays.")
+        """The JobSpec fields these options set (maps, overlays: off on Ray unless asked)."""
         return {"maps": self.maps, "overlays": not self.ray if self.overlays is None else self.overlays}
 
 
@@ -133,33 +130,35 @@ class ErrorRows:
             rows, self.pending, self.probe = self.pending, [], 0
         for row in rows:
             if row["error"] is not None:
-                click.echo(f"failed: {row['path']}: {row['error']}", err=True)
+                click.echo(error_line(row), err=True)
+
+
+def error_line(row: dict) -> str:
+    """`failed: SENTENCE` for an error row; the image's name goes before the sentence only where the sentence
+    does not name the file already (decode errors do: `images.decode` quotes the path)."""
+    named = bool(row.get("source")) and f"'{row['source']}'" in row["error"]
+    return f"failed: {row['error']}" if named else f"failed: {row['path']}: {row['error']}"
 
 
 def _on_ray(spec: Any, items: list, out: Path, jobs: JobOptions) -> dict:
     """The job on Ray Data, after the first images ran here (settings errors stop it before Ray starts)."""
-    from ..jobs import read_results, run_ray
+    from ..jobs import run_ray
+    from ..jobs.ray_runner import pending
     from ..jobs.work import Worker, build_explainer
-    before = _finished(out, spec.params_hash()) if jobs.resume else set()
-    todo = [item for item in items if item.name not in before]
-    if todo and not before:
+    resumed = jobs.resume and any(out.glob("*.parquet"))
+    todo = pending(items, out, spec.params_hash())[0] if resumed else items
+    if todo and not resumed:
         probe = todo[:SETTINGS_PROBE]
         ErrorRows(len(probe))(Worker(spec, build_explainer(spec, jobs.threads)).process(probe)[0])
-    run_ray(spec, items, out, address=jobs.ray_address, actors=jobs.actors, resume=jobs.resume)
-    names = {item.name for item in todo}
-    fresh = [r for r in read_results(out).select(["path", "error"]).to_pylist() if r["path"] in names]
+    earlier = set(out.glob("*.parquet"))
+    if todo:
+        run_ray(spec, todo, out, address=jobs.ray_address, actors=jobs.actors, resume=jobs.resume)
+    import pyarrow.parquet as pq
+    fresh = [r for f in sorted(set(out.glob("*.parquet")) - earlier)   # this run's files, not the old row
+             for r in pq.read_table(f, columns=["path", "source", "error"]).to_pylist()]  # of a replaced file
     ErrorRows(0)(fresh)
     return {"out": str(out), "total": len(items), "done": len(fresh), "skipped": len(items) - len(todo),
             "errors": sum(r["error"] is not None for r in fresh), "results": None}
-
-
-def _finished(out: Path, params_hash: str) -> set[str]:
-    """Names a Ray job already wrote into `out` with these parameters."""
-    if not any(out.glob("*.parquet")):
-        return set()
-    from ..jobs import read_results
-    table = read_results(out).select(["path", "params_hash"]).to_pylist()
-    return {r["path"] for r in table if r["params_hash"] == params_hash}
 
 
 def summary_line(report: dict, where: str) -> str:

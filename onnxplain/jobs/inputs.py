@@ -149,3 +149,12 @@ def select(items: Iterable[Item], shard: tuple[int, int] | None) -> list[Item]:
 def content_hash(data: bytes) -> str:
     """The hex digest that identifies an image's bytes in results and resume keys."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def read_bytes(path: str) -> bytes | None:
+    """A file's bytes, or None where it cannot be read (the job then writes an error row)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None

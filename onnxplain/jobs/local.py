@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import UserError
-from .inputs import Item, check_shard, content_hash, list_inputs, select
-from .store import Store
-from .work import JobSpec, Worker, _read, build_explainer, default_threads
+from .inputs import Item, check_shard, list_inputs, read_bytes, select
+from .store import Store, resume_state
+from .work import JobSpec, Worker, build_explainer, default_threads
 
 
 @dataclass
@@ -34,7 +34,8 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     """Run `spec` over a folder, manifest or list of paths, streaming into `out` (see store.py for the layout).
 
     Memory holds one batch and at most `flush_every` rows and maps. `resume` skips images whose relative
-    path and content hash were already written with the same parameters; `shard=(i, n)` takes the images
+    path and content hash were already written with the same parameters (a file replaced in place runs
+    again and its earlier row is dropped: store.resume_state); `shard=(i, n)` takes the images
     whose name hashes to i of n; `threads` sets onnxruntime's intra-op threads (default: every core).
     `on_batch` sees each batch's rows before they are stored (the CLI prints error rows and may stop there).
     """
@@ -46,8 +47,8 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     explainer = build_explainer(spec, threads or default_threads())
     worker = Worker(spec, explainer, Path(out))
     store = Store(out, spec.as_dict(), worker.params_hash, resume)
-    done = store.done() if resume else set()
-    rows, maps, skipped, written, errors = [], {}, 0, 0, 0
+    done = store.done() if resume else {}
+    rows, maps, skipped, written, errors, stale = [], {}, 0, 0, 0, set()
     batch: list[tuple[Item, bytes | None]] = []
 
     def run_batch():
@@ -62,8 +63,10 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         batch.clear()
 
     for item in progress(items, desc="job", quiet=quiet, unit="image"):
-        blob = _read(item.path)
-        if done and blob is not None and (item.name, content_hash(blob)) in done:
+        blob = read_bytes(item.path)
+        finished, superseded = resume_state(item, done, blob)
+        stale |= superseded   # also when finished: a run killed before it dropped them
+        if finished:
             skipped += 1
             continue
         batch.append((item, blob))
@@ -78,6 +81,7 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         run_batch()
     if rows:
         store.append(rows, maps)
+    store.drop(stale)   # a replaced file's earlier row and maps
     return JobReport(Path(out), len(items), written, skipped, errors, store.consolidate())
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
 from .inputs import Item, check_shard, list_inputs, select
-from .store import pack_maps, read_results, table
+from .store import drop_rows, finished, pack_maps, resume_state, table
 from .work import JobSpec, Worker, build_explainer
 
 RESERVE_CPUS = 0.5   # left to Ray Data's own tasks (writes, splits) beside the actors
@@ -51,10 +52,11 @@ def plan_actors(total_cpus: float, total_gpus: float = 0.0, actors: int | None =
 
 
 class ExplainActor:
-    """One Ray actor: builds the Explainer in its own process and turns batches of items into result rows."""
+    """One Ray actor: builds the Explainer in its own process and turns batches of items into result rows;
+    with `spec.overlays` it writes the in-process job's overlay files under `out` (Worker._overlay)."""
 
-    def __init__(self, spec: JobSpec, threads: int):
-        self.worker = Worker(spec, build_explainer(spec, threads))
+    def __init__(self, spec: JobSpec, threads: int, out: str | None = None):
+        self.worker = Worker(spec, build_explainer(spec, threads), Path(out) if out else None)
 
     def __call__(self, batch: dict) -> "object":
         items = [Item(str(p), str(n), json.loads(t)) for p, n, t in zip(batch["path"], batch["name"], batch["target"])]
@@ -63,14 +65,29 @@ class ExplainActor:
         return table(rows, inline)
 
 
+def pending(items: Sequence[Item], out: str | os.PathLike, params_hash: str) -> tuple[list[Item], set]:
+    """The items a Ray job's folder `out` has not done with these parameters, and the rows their recomputation
+    supersedes (the in-process rule, store.resume_state)."""
+    done = finished(sorted(Path(out).glob("*.parquet")), params_hash)
+    todo, stale = [], set()
+    for item in items:
+        finished_now, superseded = resume_state(item, done)
+        stale |= superseded
+        if not finished_now:
+            todo.append(item)
+    return todo, stale
+
+
 def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.PathLike,
             address: str | None = None, actors: int | None = None, cpus_per_actor: float | None = None,
             gpus_per_actor: float | None = None, shard: tuple[int, int] | str | None = None,
             resume: bool = False, num_cpus: int | None = None) -> Path:
     """Run `spec` on Ray Data and write Parquet files (rows of results.parquet plus an inline `maps` column of
-    npz bytes) into `out`; returns `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
+    npz bytes) into `out`, with `spec.overlays` also the in-process job's files under `out/overlays`; returns
+    `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
     it connects to that cluster, whose workers must see the image paths and `out` (a shared filesystem).
-    `resume` skips images whose relative path is already in `out` with the same parameters.
+    `resume` skips the images `out` already holds (`store.resume_state`: same path, content and
+    parameters); the rows of a file replaced since are dropped and it runs again.
     """
     try:
         import ray
@@ -80,15 +97,13 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         else list_inputs(inputs)
     items = select(items, check_shard(shard))
     out = Path(out)
-    if resume and any(out.glob("*.parquet")):
-        finished = read_results(out)
-        params = spec.params_hash()
-        done = {p for p, h in zip(finished.column("path").to_pylist(), finished.column("params_hash").to_pylist())
-                if h == params}
-        items = [item for item in items if item.name not in done]
+    if resume:
+        items, stale = pending(items, out, spec.params_hash())
+        drop_rows(sorted(out.glob("*.parquet")), stale)   # killed after this, those images are simply not done
     elif out.is_dir():
         for old in out.glob("*.parquet"):
             old.unlink()
+        shutil.rmtree(out / "overlays", ignore_errors=True)
     if not items:
         return out
     if not ray.is_initialized():
@@ -100,7 +115,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     rows = [{"path": i.path, "name": i.name, "target": json.dumps(i.target)} for i in items]
     data = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // spec.batch_size, 4 * plan.actors)))
     gpus = {"num_gpus": plan.gpus} if plan.gpus else {}
-    results = data.map_batches(ExplainActor, fn_constructor_kwargs={"spec": actor_spec, "threads": plan.threads},
+    results = data.map_batches(ExplainActor, fn_constructor_kwargs={"spec": actor_spec, "threads": plan.threads,
+                                                      "out": str(out.resolve())},
                                batch_size=spec.batch_size, batch_format="numpy", concurrency=plan.actors,
                                num_cpus=plan.cpus, **gpus)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from ..errors import UserError
+from .inputs import Item, content_hash, read_bytes
 
 PREDICTION = [("index", "int64"), ("name", "string"), ("score", "float64"), ("probability", "float64")]
 EXPLANATION = [("method", "string"), ("target", "string"), ("target_index", "int64"), ("layer", "string"),
@@ -92,16 +93,9 @@ class Store:
                 shard.unlink()
         (self.out / "results.parquet").unlink(missing_ok=True)
 
-    def done(self) -> set[tuple[str, str]]:
-        """(relative path, content hash) of every row already written with these parameters."""
-        import pyarrow.parquet as pq
-        found = set()
-        for part in sorted(self.parts.glob("part-*.parquet")):
-            t = pq.read_table(part, columns=["path", "hash", "params_hash"])
-            for path, digest, params in zip(*(t.column(c).to_pylist() for c in ("path", "hash", "params_hash"))):
-                if params == self.params_hash:
-                    found.add((path, digest))
-        return found
+    def done(self) -> dict[str, set[str]]:
+        """Content hashes by relative path of every row already written with these parameters (see resume_state)."""
+        return finished(sorted(self.parts.glob("part-*.parquet")), self.params_hash)
 
     def append(self, rows: list[dict], maps: dict[str, np.ndarray]) -> None:
         """Write one flush: its maps shard, then its part (the part's rename is the commit)."""
@@ -114,6 +108,18 @@ class Store:
         _write_atomic(self.parts / f"part-{name}.parquet", buffer.getvalue())
         self.next_index += 1
 
+    def drop(self, rows: set[tuple[str, str]]) -> None:
+        """Remove the (path, hash) rows a recomputed image supersedes from the parts, and that image's maps
+        from their shards first (a kill in between leaves the row, dropped again on the next resume)."""
+        drop_rows(sorted(self.parts.glob("part-*.parquet")), rows, self._drop_maps)
+
+    def _drop_maps(self, part: Path, paths: set[str]) -> None:
+        shard = self.maps / f"maps-{_index(part):05d}.npz"
+        if shard.is_file():
+            with np.load(shard) as data:
+                kept = {k: data[k] for k in data.files if k.split("::", 1)[0] not in paths}
+            _write_atomic(shard, pack_maps(kept))
+
     def consolidate(self) -> Path:
         """`results.parquet`: every part as a row group of one file, in part order (flat memory)."""
         import pyarrow.parquet as pq
@@ -124,6 +130,52 @@ class Store:
                 writer.write_table(pq.read_table(part, schema=schema()))
         os.replace(temp, target)
         return target
+
+
+def finished(files: Iterable[Path], params_hash: str) -> dict[str, set[str]]:
+    """Content hashes by relative path of the rows in these Parquet files written with `params_hash` (the
+    parts of an in-process job, the files of a Ray job); what `resume_state` checks an item against."""
+    import pyarrow.parquet as pq
+    found: dict[str, set[str]] = {}
+    for file in files:
+        t = pq.read_table(file, columns=["path", "hash", "params_hash"])
+        for path, digest, params in zip(*(t.column(c).to_pylist() for c in ("path", "hash", "params_hash"))):
+            if params == params_hash and digest:
+                found.setdefault(path, set()).add(digest)
+    return found
+
+
+def resume_state(item: Item, done: dict[str, set[str]], blob: bytes | None = None) -> tuple[bool, set]:
+    """The resume rule of both runners: (whether the item is done, the rows it supersedes). Done means a row with
+    its relative path and the content hash of its bytes as they are now was written with the same parameters;
+    the rows of that path for other bytes (a file replaced in place) are (path, hash) pairs for drop_rows.
+    `blob` is the file's bytes where the caller read them; else they are read only if the name was written."""
+    hashes = done.get(item.name, set())
+    if hashes and blob is None:
+        blob = read_bytes(item.path)
+    current = content_hash(blob) if hashes and blob is not None else None
+    return current in hashes, {(item.name, h) for h in hashes if h != current}
+
+
+def drop_rows(files: Iterable[Path], rows: set[tuple[str, str]],
+              first: Callable[[Path, set[str]], None] | None = None) -> None:
+    """Rewrite (atomically) each Parquet file that holds one of these (path, hash) rows, without them: the
+    rows a recomputed image supersedes, so results keep one row per image. `first(file, paths)` runs before a
+    file is rewritten (the in-process store drops those paths' maps from the file's shard)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    if not rows:
+        return
+    for file in files:
+        keys = [(r["path"], r["hash"]) for r in pq.read_table(file, columns=["path", "hash"]).to_pylist()]
+        keep = [key not in rows for key in keys]
+        if all(keep):
+            continue
+        if first is not None:
+            first(Path(file), {path for (path, _), kept in zip(keys, keep) if not kept})
+        buffer = io.BytesIO()
+        pq.write_table(pq.read_table(file).filter(pa.array(keep)), buffer)
+        _write_atomic(Path(file), buffer.getvalue())
 
 
 def read_results(out: str | os.PathLike):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .inputs import Item, content_hash
+from .inputs import Item, content_hash, read_bytes
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -115,7 +115,7 @@ class Worker:
     def process(self, items: Sequence[Item], blobs: Sequence[bytes | None] | None = None
                 ) -> tuple[list[dict], dict[str, np.ndarray]]:
         """Result rows (one per item, in order) and the maps keyed by `map_key`, for one batch of items."""
-        blobs = list(blobs) if blobs is not None else [_read(item.path) for item in items]
+        blobs = list(blobs) if blobs is not None else [read_bytes(item.path) for item in items]
         rows = [self._row(item, blob) for item, blob in zip(items, blobs)]
         good, prepared = [], []
         for i, blob in enumerate(blobs):
@@ -227,14 +227,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def _concat(batches: Sequence["Prepared"]) -> "Prepared":

@@ -104,8 +104,8 @@ def test_a_bad_image_is_one_stderr_line_and_the_others_are_written(model, photos
     result = explain(model, str(root), "--out", str(out))
     assert result.exit_code == 1
     assert [line for line in result.stderr.strip().splitlines() if not line.startswith("warning:")] == [
-        f"failed: a/broken.png: Image file '{root / 'a' / 'broken.png'}' could not be decoded as an image; use a "
-        "format opencv reads (PNG, JPEG, ...)."]
+        f"failed: Image file '{root / 'a' / 'broken.png'}' could not be decoded as an image; use a "
+        "format opencv reads (PNG, JPEG, ...)."]   # the sentence names the file: no name before it
     assert result.stdout.strip().splitlines()[-1] == (
         f"4 images: 4 written, 0 already done, 1 failed (their error rows are in the results; exit code 1) -> {out}")
     found = rows(out)
@@ -194,6 +194,15 @@ def test_actors_without_ray_is_refused(model, photos, tmp_path):
     assert result.output.strip() == "error: --actors sets the number of Ray actors; add --ray (or drop --actors)."
 
 
+def test_an_error_that_does_not_name_its_file_keeps_the_name_before_it(capsys):
+    from onnxplain.cli.jobs import ErrorRows
+    ErrorRows(0)([{"path": "a/0.png", "source": "/data/a/0.png", "error": "Class 'zebra' is not a label; use ..."},
+                  {"path": "a/1.png", "source": "/data/a/1.png", "error": "Image file '/data/a/1.png' cannot be read."},
+                  {"path": "a/2.png", "source": "/data/a/2.png", "error": None}])
+    assert capsys.readouterr().err.splitlines() == [
+        "failed: a/0.png: Class 'zebra' is not a label; use ...", "failed: Image file '/data/a/1.png' cannot be read."]
+
+
 # ---- features embed -----------------------------------------------------------------------------------
 def test_features_embed_streams_a_folder_and_matches_the_api(model, photos, tmp_path):
     from onnxplain import Explainer
@@ -207,7 +216,7 @@ def test_features_embed_streams_a_folder_and_matches_the_api(model, photos, tmp_
     result = CliRunner().invoke(main, ["--quiet", "features", "embed", model, str(root), "--out", str(out),
                                        "--preset", "raw01", "--flush-every", "3"])
     assert result.exit_code == 1   # the empty file failed
-    assert result.stderr.strip() == (f"failed: b/zz.png: Image file '{root / 'b' / 'zz.png'}' could not be decoded "
+    assert result.stderr.strip() == (f"failed: Image file '{root / 'b' / 'zz.png'}' could not be decoded "
                                      "as an image; use a format opencv reads (PNG, JPEG, ...).")
     assert result.stdout.strip().splitlines()[0].startswith("7 x 8 at ")   # 7 vectors of conv2's 8 channels
     loaded = Embedding.load(out)
@@ -275,5 +284,10 @@ def test_ray_gives_the_in_process_rows(model, photos, tmp_path, local_ray):
     again = explain(model, str(photos), "--out", str(tmp_path / "ray"), "--ray", "--actors", "2", "--maps", "raw",
                     "--resume")
     assert again.stdout.strip().splitlines()[-1] == f"7 images: 0 written, 7 already done -> {tmp_path / 'ray'}"
-    refused = explain(model, str(photos), "--out", str(tmp_path / "x"), "--ray", "--overlays")
-    assert refused.exit_code == 2 and "Overlays are not written on Ray" in refused.output
+    drawn = explain(model, str(photos), "--out", str(tmp_path / "x"), "--ray", "--actors", "1", "--overlays")
+    assert drawn.exit_code == 0, drawn.output   # the actors write the in-process overlay files
+    assert explain(model, str(photos), "--out", str(tmp_path / "y")).exit_code == 0
+
+    def overlays(out: Path) -> list[str]:
+        return sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*") if p.is_file())
+    assert len(overlays(tmp_path / "y")) >= 21 and overlays(tmp_path / "x") == overlays(tmp_path / "y")

@@ -272,6 +272,64 @@ def test_ray_gives_the_same_results_as_the_in_process_job(tmp_path, model, local
     assert_same_maps(read_maps(tmp_path / "ray"), read_maps(tmp_path / "local"), 80)
 
 
+def test_resume_recomputes_a_file_replaced_at_the_same_path_on_both_runners(tmp_path, model, local_ray):
+    """One rule (store.resume_state): same path, same content hash, same parameters; a file rewritten in place
+    runs again on resume, in process and on Ray (its earlier row dropped), and the unchanged ones are skipped."""
+    from onnxplain.jobs.inputs import content_hash
+    from onnxplain.jobs.ray_runner import pending, run_ray
+    paths = write_images(tmp_path / "imgs", 6)
+    spec = spec_for(model, batch_size=2)
+    run_job(spec, tmp_path / "imgs", tmp_path / "local")
+    run_ray(spec, tmp_path / "imgs", tmp_path / "ray", actors=1)
+    items = list_inputs(tmp_path / "imgs")
+    assert pending(items, tmp_path / "ray", spec.params_hash()) == ([], set())
+    before = paths[5].read_bytes()
+    cv2.imwrite(str(paths[5]), random_images(1, 32, seed=11)[0][:, :, ::-1])   # a/2.png, same path
+    new = content_hash(paths[5].read_bytes())
+    assert new != content_hash(before)
+    todo, stale = pending(items, tmp_path / "ray", spec.params_hash())
+    assert ([i.name for i in todo], stale) == (["a/2.png"], {("a/2.png", content_hash(before))})
+    report = run_job(spec, tmp_path / "imgs", tmp_path / "local", resume=True)
+    assert (report.total, report.done, report.skipped) == (6, 1, 5)
+    run_ray(spec, tmp_path / "imgs", tmp_path / "ray", actors=1, resume=True)
+    for out in ("local", "ray"):
+        found = read_results(tmp_path / out).to_pylist()
+        assert sorted(r["path"] for r in found) == sorted(i.name for i in items), out   # one row per image
+        assert [r["hash"] for r in found if r["path"] == "a/2.png"] == [new], out    # recomputed, old row gone
+    fresh = [{k: v for k, v in r.items() if k not in ("seconds", "source")}
+             for out in ("local", "ray") for r in read_results(tmp_path / out).to_pylist() if r["hash"] == new]
+    assert len(fresh) == 2
+    assert_same(fresh[0], fresh[1])
+    assert pending(items, tmp_path / "ray", spec.params_hash()) == ([], set())
+    from onnxplain.jobs import iter_maps
+    assert len(list(iter_maps(tmp_path / "local"))) == 12   # the replaced image's old maps left its shard
+    assert_same_maps(read_maps(tmp_path / "local"), read_maps(tmp_path / "ray"), 12)
+
+
+def test_ray_writes_the_in_process_overlay_files_with_occlusions_panels(tmp_path, model, local_ray):
+    """overlays=True on Ray goes through the in-process writer (Attribution.save): the same files, occlusion's
+    class-map and per-window activation panels included, and the same rows (overlay paths too)."""
+    from onnxplain.jobs import run_ray
+    write_images(tmp_path / "imgs", 3)
+    params = {"occlusion": {"window": 8, "stride": 8, "class_map": True, "activation_layer": "auto"}}
+    spec = spec_for(model, methods=("occlusion",), params=params, overlays=True, batch_size=2)
+    run_job(spec, tmp_path / "imgs", tmp_path / "local")
+    run_ray(spec, tmp_path / "imgs", tmp_path / "ray", actors=1)
+
+    def files(out: Path) -> list[str]:
+        return sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*") if p.is_file())
+    local = files(tmp_path / "local")
+    assert {f.split(".", 4)[-1] for f in local} == {
+        "png", "npy", "raw.npy", "valid.npy", "class_map.png", "drops.png", "layer_activation.png",
+        "channel_activation.png"}, local
+    assert files(tmp_path / "ray") == local
+    ray_rows = rows_by_path(read_results(tmp_path / "ray"))
+    local_rows = rows_by_path(read_results(tmp_path / "local"))
+    assert_same(ray_rows, local_rows)
+    assert {e["overlay"] for r in ray_rows.values() for e in r["explanations"]} == {
+        f for f in local if f.count(".") == 4 and f.endswith(".png")}
+
+
 def test_an_embed_job_stores_the_vectors_features_embed_gives(tmp_path, model):
     from onnxplain.explainer import Explainer
     from onnxplain.features.embed import embed
