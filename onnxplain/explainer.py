@@ -17,7 +17,7 @@ from .devices import plan_devices
 from .errors import DeviceError, ImageError, MethodError, ModelError, UserError
 from .heatmaps import ImageHeatmaps
 from .images import ImageSource, InputSpec, Prepared, Preprocess, prepare, preset
-from .limits import MAX_FORWARDS, MAX_OUTPUT_SIDE, MAX_PIXELS, LimitError, Limits
+from .limits import CLI, MAX_FORWARDS, MAX_OUTPUT_SIDE, MAX_PIXELS, LimitError, Limits, Remedy
 from .methods.base import Attribution, Method
 from .model import Model
 from .memory import per_image_bytes
@@ -312,10 +312,10 @@ class Explainer:
             return []
 
     def check_cost(self, method: str, params: dict | None = None, layer: str | None = "auto",
-                   output: str | None = None, target: Any = None) -> int:
+                   output: str | None = None, target: Any = None, remedy: Remedy = CLI) -> int:
         """The forward passes per image that `method` with `params` would need here; LimitError over
         max_forwards, times `target`'s count (topK, all, a list) for a method run once per target, as explain
-        does. Cheap (no model run): the server calls it before queueing a request."""
+        does, its advice worded by `remedy`. Cheap (no model run): the server calls it before queueing."""
         cls = method_registry.get(method)
         method_params = cls.make_params(**(params or {}))
         output = self.output_name(output)
@@ -323,7 +323,7 @@ class Explainer:
         forwards = cls.cost(method_params, self.input_hw, self._layer_shape(layer_name))
         info = self.task.output(output)
         targets = 1 if cls.multi_target else target_count(target, info.classes if info else None)
-        self.limits.check_forwards(cls.name, forwards, targets)
+        self.limits.check_forwards(cls.name, forwards, targets, remedy)
         return forwards
 
     @property

@@ -36,6 +36,18 @@ class Cancelled(UserError):
 
 
 @dataclass(frozen=True)
+class Remedy:
+    """Where a refusal over max_forwards tells its reader to ask for less: after "fewer targets", after "n or
+    steps", and the flag to raise. The CLI's words by default; the server names its request fields instead."""
+    targets: str = " (-t)"
+    params: str = ""
+    flag: str = "--max-forwards"
+
+
+CLI = Remedy()
+
+
+@dataclass(frozen=True)
 class Limits:
     """The bounds of one Explainer (each flag of the CLI and the server sets one)."""
     max_pixels: int = MAX_PIXELS
@@ -54,19 +66,19 @@ class Limits:
             raise PixelLimitError(f"{label} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit "
                              f"of {self.max_pixels / 1e6:g} megapixels; scale it down or raise --max-pixels.")
 
-    def check_forwards(self, method: str, forwards: int, targets: int = 1) -> None:
+    def check_forwards(self, method: str, forwards: int, targets: int = 1, remedy: Remedy = CLI) -> None:
         """Refuse an explanation whose estimated forward passes per image exceed max_forwards; `targets` is how
-        many targets of one image the method runs one by one (its forwards are paid once per target)."""
+        many targets of one image the method runs one by one (its forwards are paid once per target); `remedy`
+        words the sentence's advice for whoever asked (CLI flags or request fields)."""
         if targets > 1 and forwards * targets > self.max_forwards:
             raise LimitError(f"Method '{method}' runs once per target: {targets:,} targets of about {forwards:,} "
                              f"forward passes each need about {forwards * targets:,} per image, over the limit of "
-                             f"{self.max_forwards:,}; ask for fewer targets (-t), lower n or steps, or raise "
-                             "--max-forwards.")
+                             f"{self.max_forwards:,}; ask for fewer targets{remedy.targets}, lower n or steps"
+                             f"{remedy.params}, or raise {remedy.flag}.")
         if forwards > self.max_forwards:
             raise LimitError(f"Method '{method}' with these parameters needs about {forwards:,} forward passes per "
                              f"image, over the limit of {self.max_forwards:,}; lower n, steps or the number of "
-                             "windows, or raise --max-forwards.")
-
+                             f"windows{remedy.params}, or raise {remedy.flag}.")
 
 # ---- cancellation --------------------------------------------------------------------------------
 class CancelToken:

@@ -30,12 +30,14 @@ from .common import HELP, Command, ModelOptions, model_options
               help="Seconds a request may take in all (504 beyond; its work is cancelled between batches).")
 @click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, None),
               help="Seconds a client may take to send its request body (408 beyond).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, None),
+              help="Seconds a client may take to send a request head (the connection is closed beyond).")
 @click.option("--keep-alive", default=5, show_default=True, type=click.IntRange(1, 600),
               help="Seconds an idle keep-alive connection stays open.")
 @model_options()
 def serve_command(model: str, host: str, port: int, max_batch: int, max_body: int, queue_size: int, workers: int,
                   batch_wait_ms: float, name: str | None, token: str | None, warmup: str, timeout: float,
-                  body_timeout: float, keep_alive: int, models: ModelOptions) -> None:
+                  body_timeout: float, header_timeout: float, keep_alive: int, models: ModelOptions) -> None:
     """Serve MODEL over HTTP: /predict, /explain, KServe V1 (/v1), Open Inference Protocol V2 (/v2), /metrics,
     /readyz (OpenAPI at /openapi.json)."""
     from ..errors import UserError
@@ -50,7 +52,7 @@ def serve_command(model: str, host: str, port: int, max_batch: int, max_body: in
     explainer = models.explainer(model, quiet=True)
     app = create_app(explainer, max_batch=max_batch, max_body=max_body, queue_size=queue_size, workers=workers,
                      batch_wait=batch_wait_ms / 1000, name=name, token=token,
-                     timeout=timeout, body_timeout=body_timeout,
+                     timeout=timeout, body_timeout=body_timeout, header_timeout=header_timeout,
                      warmup=tuple(m.strip() for m in warmup.split(",") if m.strip()))
     if host not in LOOPBACK and token is None:
         click.echo(f"warning: binding {host}: the server has no token (--token); anyone who reaches it can use it.",
@@ -62,9 +64,13 @@ def uvicorn_settings(config, keep_alive: int = 5) -> dict:
     """uvicorn's own limits, set around the app's: its plain-text 503 (limit_concurrency, which also counts
     idle connections) only trips well above the app's JSON 503 (config.max_inflight), so /health and the
     app's answers come first; idle keep-alive connections close after `keep_alive` s; request heads are
-    bounded (h11_max_incomplete_event_size); slow bodies are the app's 408 (config.body_timeout)."""
+    bounded in bytes (h11_max_incomplete_event_size, h11 forced) and in time (config.header_timeout, closed);
+    slow bodies are the app's 408 (config.body_timeout)."""
+    from ..serve.connection import header_timeout_protocol
     return {"limit_concurrency": config.max_inflight + HEADROOM, "timeout_keep_alive": keep_alive,
-            "h11_max_incomplete_event_size": 64 * 1024, "timeout_graceful_shutdown": 5}
+            "http": header_timeout_protocol(config.header_timeout),
+            "h11_max_incomplete_event_size": MAX_HEAD, "timeout_graceful_shutdown": 5}
 
 
+MAX_HEAD = 64 * 1024  # bytes of one request head (line and headers); uvicorn answers 400 beyond
 HEADROOM = 128  # connections beyond the app's in-flight limit: /health, idle keep-alives, refusals being sent

@@ -93,7 +93,8 @@ PROTOCOLS: tuple[Protocol, ...] = (NATIVE, READINESS, METRICS, KSERVE_V1, V2)  #
 # ---- the app ---------------------------------------------------------------------------------
 def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16 * 2**20, queue_size: int = 64,
                workers: int = 2, batch_wait: float = 0.005, name: str | None = None, token: str | None = None,
-               warmup: tuple[str, ...] = (), timeout: float = 60.0, body_timeout: float = 10.0) -> "Starlette":
+               warmup: tuple[str, ...] = (), timeout: float = 60.0, body_timeout: float = 10.0,
+               header_timeout: float = 10.0) -> "Starlette":
     """The ASGI app serving one Explainer: run it under uvicorn or mount it into another ASGI app.
 
     Every request shares the explainer; model work runs in `workers` threads, in batches of up to
@@ -102,15 +103,17 @@ def create_app(explainer: "Explainer", *, max_batch: int = 8, max_body: int = 16
     every route but health, readiness and ping needs `Authorization: Bearer TOKEN`; the app is ready (GET
     /readyz, /v2/health/ready) once a prediction and one explanation per `warmup` method have run.
     A body must arrive within `body_timeout` seconds (408) and an answer within `timeout`
-    (504; the work is cancelled between batches, as when the client leaves). The explainer's limits
-    (max_pixels, max_forwards) refuse work with 413 before it is queued.
+    (504; the work is cancelled between batches, as when the client leaves); a request head within
+    `header_timeout` (kept in app.state.config for uvicorn's protocol, onnxplain.serve.connection). The
+    explainer's limits (max_pixels, max_forwards) refuse work with 413 before it is queued.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.routing import Route
 
     config = ServeConfig(max_batch=max_batch, max_body=max_body, queue_size=queue_size, workers=workers,
-                         batch_wait=batch_wait, timeout=timeout, body_timeout=body_timeout)
+                         batch_wait=batch_wait, timeout=timeout, body_timeout=body_timeout,
+                         header_timeout=header_timeout)
     service = Service(explainer)
     batcher = Batcher(service.run, config)
     state = ServeState.create(service, batcher, name, token, warmup)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UserError
 from ..limits import AllCancelled, Cancelled, CancelToken, watching
-from .config import ServeConfig
+from .config import REMEDY, ServeConfig
 from .requests import ExplainJob, HTTPError, PredictJob
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class Service:
     def check_cost(self, job: ExplainJob) -> int:
         """The job's forward passes per image from its method's cost; LimitError (413) over --max-forwards.
         Bad parameters are refused here too (400)."""
-        return self.explainer.check_cost(job.method, job.params, job.layer, job.output, job.target)
+        return self.explainer.check_cost(job.method, job.params, job.layer, job.output, job.target, REMEDY)
 
     def run(self, key: tuple, jobs: list) -> list[dict]:
         return self.predict(jobs) if key[0] == "predict" else self.explain(jobs)

@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
+from ..limits import Remedy
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# a 413 over max_forwards names the request's fields and the server's flag, not the CLI's -t
+REMEDY = Remedy(targets=" (field 'target')", params=" (field 'params')", flag="the server's --max-forwards")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class ServeConfig:
     max_top: int = 1000                # largest `top` a request may ask for
     timeout: float = 60.0              # seconds a request may take in all (504 beyond; its work is cancelled)
     body_timeout: float = 10.0         # seconds a client may take to send its body (408 beyond)
+    header_timeout: float = 10.0       # seconds a client may take to send a request head (closed beyond; uvicorn)
 
     @property
     def max_inflight(self) -> int:
@@ -32,6 +36,6 @@ class ServeConfig:
                 raise UserError(f"The server setting '{name}' must be at least 1.")
         if self.batch_wait < 0:
             raise UserError("The server setting 'batch_wait' cannot be negative.")
-        for name in ("timeout", "body_timeout"):
+        for name in ("timeout", "body_timeout", "header_timeout"):
             if not getattr(self, name) > 0:
                 raise UserError(f"The server setting '{name}' must be a positive number of seconds.")

@@ -7,6 +7,7 @@ Each server is uvicorn on a free 127.0.0.1 port (test_serve.LiveServer) with uvi
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -99,7 +100,10 @@ def test_bomb_and_huge_n_are_refused_at_once_while_work_is_cancelled_at_its_dead
         refused = client.post("/predict", content=bomb(), headers={"content-type": "image/png"})
         assert refused.status_code == 413 and "2000x2000" in refused.json()["error"]
         huge = client.post("/explain", json={"image": _b64(png(IMAGE)), "method": "rise", "params": {"n": 10**12}})
-        assert huge.status_code == 413 and "1,000,000,000,000 forward passes" in huge.json()["error"]
+        assert huge.status_code == 413
+        assert huge.json() == {"error": "Method 'rise' with these parameters needs about 1,000,000,000,000 forward "
+                                        "passes per image, over the limit of 1,000,000; lower n, steps or the number "
+                                        "of windows (field 'params'), or raise the server's --max-forwards."}
         assert time.monotonic() - start < 5
 
         from concurrent.futures import ThreadPoolExecutor
@@ -169,14 +173,90 @@ def test_targets_of_a_method_run_once_per_target_are_counted_before_queueing():
             assert refused.status_code == 413
             assert refused.json() == {"error": f"Method 'smoothgrad' runs once per target: {target[3:] or 40} "
                                                f"targets of about 50 forward passes each need about {total} per "
-                                               "image, over the limit of 1,000; ask for fewer targets (-t), lower n "
-                                               "or steps, or raise --max-forwards."}
+                                               "image, over the limit of 1,000; ask for fewer targets (field "
+                                               "'target'), lower n or steps (field 'params'), or raise the "
+                                               "server's --max-forwards."}
         assert counted.explains == 0
         served = [client.post("/explain", json={"image": image, "method": method, "target": target,
                                                 "params": params})
                   for method, target, params in (("smoothgrad", "top3", {"n": 50}), ("score-cam", "all", {}))]
         assert [r.status_code for r in served] == [200, 200], [r.text for r in served]
         assert counted.explains == 2
+
+
+def closed_within(client: socket.socket, seconds: float, trickle: bytes = b"") -> float:
+    """The time (monotonic) the server closes `client`, waiting at most `seconds`, sending one byte of `trickle`
+    every 0.1 s meanwhile."""
+    start = time.monotonic()
+    for byte in [trickle[i:i + 1] for i in range(len(trickle))] or [b""] * int(seconds * 10):
+        if select.select([client], [], [], 0.1)[0]:
+            try:
+                if client.recv(65536) == b"":
+                    return time.monotonic()
+            except ConnectionResetError:
+                return time.monotonic()
+        try:
+            client.sendall(byte)
+        except OSError:
+            return time.monotonic()
+        assert time.monotonic() - start < seconds, "the server kept the slow connection open"
+    raise AssertionError("the server kept the slow connection open")
+
+
+def test_a_head_sent_slowly_is_closed_at_header_timeout_while_others_are_served():
+    """Half a request head then silence, and a head trickled a byte every 0.1 s: both connections are closed at
+    --header-timeout (0.5 s, plus slack), with nothing answered; /health and /predict on other connections are
+    served meanwhile; a keep-alive connection idle past the timeout between two requests (its second head sent
+    in two parts) is not cut; a head still incomplete past 64 KiB is uvicorn's 400."""
+    app = create_app(explainer(), header_timeout=0.5)
+    assert app.state.config.header_timeout == 0.5
+    with Live(app) as live, httpx.Client(base_url=live.url, timeout=10) as client:
+        host, port = live.url.removeprefix("http://").split(":")
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        opened = time.monotonic()
+        silent = socket.create_connection((host, int(port)), timeout=10)
+        silent.sendall(head)
+        assert health_within(client)["status"] == "ok"
+        ok = client.post("/predict", content=png(IMAGE), headers={"content-type": "image/png"})
+        assert ok.status_code == 200 and len(ok.json()["top"]) == 3
+        assert 0.45 < closed_within(silent, 2.0) - opened < 1.5
+        opened = time.monotonic()
+        trickled = socket.create_connection((host, int(port)), timeout=10)
+        assert 0.45 < closed_within(trickled, 2.0, head + b"X-Slow: " + b"a" * 100) - opened < 1.5
+
+        alive = socket.create_connection((host, int(port)), timeout=10)
+        alive.sendall(head + b"\r\n")
+        assert answer(alive)[0] == 200
+        time.sleep(0.8)
+        alive.sendall(head)
+        time.sleep(0.3)
+        alive.sendall(b"\r\n")
+        status, body = answer(alive)
+        assert status == 200 and body["status"] == "ok"
+        alive.close()
+
+        big = socket.create_connection((host, int(port)), timeout=10)
+        big.sendall(head + b"X-Big: " + b"a" * 70_000)  # still incomplete past 64 KiB
+        assert big.recv(65536).startswith(b"HTTP/1.1 400 ")
+        big.close()
+        silent.close(), trickled.close()
+
+
+def test_serve_command_gives_uvicorn_the_header_timeout(monkeypatch, tmp_path):
+    """`onnxplain serve --header-timeout 0.7` runs uvicorn with the closing protocol at 0.7 s and the 64 KiB
+    head bound."""
+    from click.testing import CliRunner
+
+    from onnxplain.cli import main
+    from onnxplain.serve.connection import HeaderTimeout
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **settings: seen.update(settings, app=app))
+    (tmp_path / "tiny.onnx").write_bytes(tiny())
+    result = CliRunner().invoke(main, ["serve", str(tmp_path / "tiny.onnx"), "--header-timeout", "0.7"])
+    assert result.exit_code == 0, result.output
+    assert issubclass(seen["http"], HeaderTimeout) and seen["http"].header_timeout == 0.7
+    assert seen["app"].state.config.header_timeout == 0.7 and seen["h11_max_incomplete_event_size"] == 65536
 
 
 def _b64(data: bytes) -> str:
