@@ -417,7 +417,8 @@ def http(files):
 
 
 FORWARDS = ("Method '{}' with these parameters needs about 1,000,000,000,000 forward passes per image, over the "
-            "limit of 100,000; lower n, steps or the number of windows, or raise --max-forwards.")
+            "limit of 100,000; lower n, steps or the number of windows (field 'params'), or raise the server's "
+            "--max-forwards.")
 SERVER_CASES = {
     "header claims 100000x100000": ("/predict", {"image": png_header(100_000, 100_000)}, 413,
                                     "The image claims 10000 megapixels, over the limit of 1 megapixels; scale it "
