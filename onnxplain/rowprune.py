@@ -9,8 +9,9 @@ tensor also read whole (the LayerNorm output feeding Q row-wise and K/V whole) s
 row-wise readers. Pruned ops are new copies; the originals only become dead, so each original value keeps its
 meaning and the result is exact whatever the pass could not prove: where it cannot, it stops.
 
-Shapes come from a probe of the tail at two batch sizes (onnx shape inference cannot follow the legacy
-exporter's Mod-computed Reshape shapes); dims that change with the batch are symbolic. Opset 13 or newer.
+Shapes come from onnx shape inference at two batch sizes, and for values it leaves unknown (the legacy
+exporter's Mod-computed Reshape shapes) from a probe of the tail on onnxruntime at those sizes (rowshapes.py);
+dims that change with the batch are symbolic. Opset 13 or newer.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from .prunerules import Dim, rule
+from .rowshapes import Probed, probe, tail_shapes  # noqa: F401  (probe: tests read every value's dims)
 
 if TYPE_CHECKING:
     from .model import Model
@@ -58,8 +60,8 @@ def prune_rows(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence]) -> 
 
     `input_shapes` gives each graph input's dims (a non-int first dim is the batch)."""
     if _opset(proto) < MIN_OPSET or not any(n.op_type in ("Gather", "Slice") for n in proto.graph.node):
-        return proto  # no selection to push: skip the probe
-    shapes = probe(proto, input_shapes)
+        return proto  # no selection to push: skip shape inference and the probe
+    shapes = tail_shapes(proto, input_shapes)
     if shapes is None:
         return proto
     forced: set[str] = set()
@@ -76,77 +78,6 @@ def prune_rows(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence]) -> 
 
 def _opset(proto: onnx.ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-# ---- shapes -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Probed:
-    """Each value's dims and the names of the floating-point values, from `probe`."""
-    dims: dict[str, "tuple[Dim, ...] | None"]
-    floating: frozenset[str]
-
-    def get(self, name: str | None) -> "tuple[Dim, ...] | None":
-        return self.dims.get(name)
-
-
-def probe(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence]) -> Probed | None:
-    """Every value's dims from runs at batch 2 and 3 (a dim that changes is ("N", k), k times the batch); a
-    model whose inputs declare batch 1 and that fails at 2 is probed at 1. None when an input's dims are
-    unknown or the runs fail."""
-    import onnxruntime as ort
-
-    from .surgery import expose
-    weights = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in weights]
-    if any(i.name not in input_shapes or any(not isinstance(d, int) for d in list(input_shapes[i.name])[1:])
-           for i in inputs):
-        return None
-    names = [o for node in proto.graph.node for o in node.output if o]
-    try:
-        session = ort.InferenceSession(expose(proto, names).SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:
-        return None
-    outs = [o.name for o in session.get_outputs()]
-    runs = []
-    fixed = all(list(input_shapes[i.name])[:1] == [1] for i in inputs)  # batch 1 baked in: probe at 1 alone
-    for batch in ((2, 3), (1,)) if fixed else ((2, 3),):
-        try:
-            runs = [_run(session, inputs, input_shapes, outs, b) for b in batch]
-            break
-        except Exception:
-            runs = []
-    if not runs:
-        return None
-    shapes = {}
-    for name in runs[0]:
-        ranks = {len(r[name][0]) for r in runs}
-        dims = [_dim(*ds) for ds in zip(*(r[name][0] for r in runs))] if len(ranks) == 1 else None
-        shapes[name] = tuple(dims) if dims is not None and None not in dims else None
-    return Probed(shapes, frozenset(n for n, (_, kind) in runs[0].items() if kind == "f"))
-
-
-def _run(session, inputs, input_shapes, outs: list[str], batch: int) -> dict[str, tuple[tuple, str]]:
-    """(shape, dtype kind) of every value from one run on seeded random inputs of batch `batch`."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for value in inputs:
-        dims = list(input_shapes[value.name])
-        if dims and (not isinstance(dims[0], int) or dims[0] == 1):
-            dims[0] = batch
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feeds[value.name] = (rng.standard_normal(dims) if dtype.kind == "f" else np.zeros(dims)).astype(dtype)
-    found = {name: (tuple(v.shape), v.dtype.kind) for name, v in zip(outs, session.run(outs, feeds))}
-    found.update({name: (v.shape, v.dtype.kind) for name, v in feeds.items()})
-    return found
-
-
-def _dim(*sizes: int) -> Dim:
-    """One dim from its sizes at batch 2 and 3 (or 1): an int, ("N", k), or None."""
-    if len(set(sizes)) == 1:
-        return sizes[0]
-    if len(sizes) == 2 and sizes[0] % 2 == 0 and sizes[0] // 2 * 3 == sizes[1]:
-        return ("N", sizes[0] // 2)
-    return None
 
 
 # ---- the pass -----------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from free memory (memory.py); where they run is decided by devices.py.
 from __future__ import annotations
 
 import abc
-import functools
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -42,14 +42,20 @@ class OneThreadBlas:
         self._lock = threading.Lock()
         self._users = 0
         self._limit = None
+        self._found: tuple[int, Any] = (-1, None)  # (len(sys.modules) when scanned, the BLAS libraries found)
 
-    @functools.cached_property
+    @property
     def _numpy_blas(self):
-        from threadpoolctl import ThreadpoolController
-        controller = ThreadpoolController()
-        paths = [lib.filepath for lib in controller.lib_controllers
-                 if lib.user_api == "blas" and "torch" not in Path(lib.filepath).parts]
-        return controller.select(filepath=paths) if paths else None
+        """numpy's (and other non-torch) BLAS libraries loaded now. Scanned again whenever modules were imported
+        since the last scan (a scan takes ~3 ms): a BLAS loaded later (scipy's, cv2's) is limited too."""
+        modules = len(sys.modules)
+        if self._found[0] != modules:
+            from threadpoolctl import ThreadpoolController
+            controller = ThreadpoolController()
+            paths = [lib.filepath for lib in controller.lib_controllers
+                     if lib.user_api == "blas" and "torch" not in Path(lib.filepath).parts]
+            self._found = (modules, controller.select(filepath=paths) if paths else None)
+        return self._found[1]
 
     def __enter__(self):
         with self._lock:

@@ -8,6 +8,7 @@ onnxruntime (or torch) runtime of the model cut at the plan's cut tensor.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -67,25 +68,30 @@ def region_index(ty: np.ndarray, tx: np.ndarray, dy: np.ndarray, dx: np.ndarray,
 
 
 class _Source:
-    """One padded cached map as flat channels_last rows, with room after it for a chunk's patches: a crop
-    with the patches pasted in is then one index_select (no Python loop over windows)."""
+    """One padded cached map as flat channels_last rows, followed by one scratch area per lane (`slots` of
+    `room` rows) for a chunk's patches: a crop with the patches pasted in is then one index_select (no Python
+    loop over windows). The map's rows are written once and only read after, so lanes share one Source and
+    each writes only its own slot."""
 
-    def __init__(self, padded: "torch.Tensor"):
+    def __init__(self, padded: "torch.Tensor", slots: int = 1, room: int = 0):
+        import torch
         _, self.channels, self.height, self.width = padded.shape
-        self.base = self.height * self.width
-        self.buffer = _rows(padded)
+        self.base, self.room, self.slots = self.height * self.width, room, slots
+        self.buffer = torch.empty((self.base + slots * room, self.channels), dtype=padded.dtype)
+        self.buffer[:self.base] = _rows(padded)
 
     def crops(self, patch: "torch.Tensor", ty: np.ndarray, tx: np.ndarray, dy: np.ndarray, dx: np.ndarray,
-              size: tuple[int, int]) -> "torch.Tensor":
-        """(B, C, qh, qw) channels_last crops at (ty, tx) with `patch` (B, C, ph, pw) written at (dy, dx)."""
+              size: tuple[int, int], slot: int = 0) -> "torch.Tensor":
+        """(B, C, qh, qw) channels_last crops at (ty, tx) with `patch` (B, C, ph, pw) written at (dy, dx),
+        the patch staged in scratch slot `slot`."""
         import torch
         count = patch.shape[0] * patch.shape[2] * patch.shape[3]
-        if len(self.buffer) < self.base + count:
-            grown = torch.empty((self.base + count, self.channels), dtype=self.buffer.dtype)
-            grown[:self.base] = self.buffer[:self.base]
-            self.buffer = grown
-        self.buffer[self.base:self.base + count] = _rows(patch)
-        index = region_index(ty, tx, dy, dx, size, tuple(patch.shape[2:]), self.width, self.base)
+        if count > self.room or not 0 <= slot < self.slots:
+            raise ValueError(f"a chunk needs {count} scratch rows in slot {slot}; the source has {self.slots} "
+                             f"slots of {self.room}")
+        start = self.base + slot * self.room
+        self.buffer[start:start + count] = _rows(patch)
+        index = region_index(ty, tx, dy, dx, size, tuple(patch.shape[2:]), self.width, start)
         crop = self.buffer.index_select(0, torch.from_numpy(index))
         return crop.view(len(ty), size[0], size[1], self.channels).permute(0, 3, 1, 2)
 
@@ -104,18 +110,21 @@ def _paste(crop: "torch.Tensor", patch: "torch.Tensor", dys: Sequence[int], dxs:
 class IncrementalRunner:
     """Runs one plan for one image: cached activations, then per window batch the boxes up to the cut.
 
+    The cached maps are built once per image and shared read-only by every lane (thread) running chunks;
+    each lane writes only its own scratch slot of each Source, for chunks of at most `batch` windows.
     Everything in the prefix is channels_last (torch's convolutions on small crops run 10-25% faster so,
     and a crop's positions are rows of C contiguous values, gathered with one index_select)."""
 
-    def __init__(self, plan: Plan, x: np.ndarray):
+    def __init__(self, plan: Plan, x: np.ndarray, lanes: int = 1, batch: int = 1):
         import torch
-        self.plan = plan
+        self.plan, self.lanes, self.batch = plan, lanes, batch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(x[None], np.float32))
             self.cache, self.sources = self._full(x.contiguous(memory_format=torch.channels_last))
 
     def _full(self, x: "torch.Tensor") -> tuple[dict, dict]:
-        """Unoccluded activations of every prefix tensor, and the padded inputs each step reads (as Sources)."""
+        """Unoccluded activations of every prefix tensor, and the padded inputs each step reads (as Sources
+        with a scratch slot per lane, sized for the input's box in chunks of `batch` windows)."""
         import torch.nn.functional as F
         source = next(iter(self.plan.boxes))
         cache, sources = {source: x}, {}
@@ -124,9 +133,15 @@ class IncrementalRunner:
             if step.window:
                 top, left, bottom, right = self._pads(step, ins[0])
                 ins = [F.pad(ins[0], (left, right, top, bottom), value=step.pad_value)]
-            sources[step.output] = [_Source(t) for t in ins]
+            sources[step.output] = [_Source(t, self.lanes, self.batch * self._box_size(name))
+                                    for name, t in zip(step.inputs, ins)]
             cache[step.output] = step.fn(*ins)
         return cache, sources
+
+    def _box_size(self, name: str) -> int:
+        """Positions in one window's box of tensor `name` (the rows its patch takes in a scratch slot)."""
+        rows, cols = self.plan.boxes[name]
+        return rows.size * cols.size
 
     def _pads(self, step, value) -> tuple[int, int, int, int]:
         """The step's pads, the ends widened where ceil_mode makes the last window run past them."""
@@ -137,9 +152,9 @@ class IncrementalRunner:
         h, w = value.shape[2:]
         return top, left, max(bottom, need_h - h - top), max(right, need_w - w - left)
 
-    def patches(self, x_patch: "torch.Tensor", r: np.ndarray, c: np.ndarray) -> "torch.Tensor":
+    def patches(self, x_patch: "torch.Tensor", r: np.ndarray, c: np.ndarray, slot: int = 0) -> "torch.Tensor":
         """The cut tensor's boxes (B, C, bh, bw) for windows at row positions `r` and column positions `c`,
-        given the input's boxes `x_patch` (B, C, h, w)."""
+        given the input's boxes `x_patch` (B, C, h, w); `slot` is the calling lane's scratch slot."""
         import torch
         source = next(iter(self.plan.boxes))
         patches = {source: x_patch.contiguous(memory_format=torch.channels_last)}
@@ -150,12 +165,12 @@ class IncrementalRunner:
                 offsets = (step.pads[0], step.pads[1])
             else:
                 qy, qh, qx, qw, offsets = rows.start, rows.size, cols.start, cols.size, (0, 0)
-            ins = [self._region(name, src, patches[name], qy, qh, qx, qw, offsets, r, c)
+            ins = [self._region(name, src, patches[name], qy, qh, qx, qw, offsets, r, c, slot)
                    for name, src in zip(step.inputs, self.sources[step.output])]
             patches[step.output] = step.fn(*ins)
         return patches[self.plan.cut]
 
-    def _region(self, name, src, patch, qy, qh, qx, qw, offsets, r, c) -> "torch.Tensor":
+    def _region(self, name, src, patch, qy, qh, qx, qw, offsets, r, c, slot) -> "torch.Tensor":
         """(B, C, qh, qw) values of input `name` at the region each window's step reads: cached values with
         the window's box pasted in (the box itself where it is exactly that region)."""
         rows, cols = self.plan.boxes[name]
@@ -163,7 +178,7 @@ class IncrementalRunner:
         ty, tx = qy[r], qx[c]
         if rows.size == qh and cols.size == qw and np.array_equal(py, ty) and np.array_equal(px, tx):
             return patch
-        return src.crops(patch, ty, tx, py - ty, px - tx, (qh, qw))
+        return src.crops(patch, ty, tx, py - ty, px - tx, (qh, qw), slot)
 
     def full_cut(self, patch: "torch.Tensor", r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """The cut tensor on full maps (B, C, H, W) with each window's box pasted into the cached map."""
@@ -211,25 +226,27 @@ def incremental_outputs(context: "MethodContext", plan: Plan, x: np.ndarray, fil
     source = next(iter(plan.boxes))
     rows, cols = plan.boxes[source]
     fill = np.broadcast_to(fill, x.shape)
-    local = threading.local()  # one runner per worker: its crop buffers are written per chunk
     unread = np.repeat(x[None], max(map(len, chunks)), 0) if cut.crossing and chunks and \
         _shape_only(cut.tail, source) else None
+    lanes = _lanes(runtime)
+    local, taken = threading.local(), itertools.count()  # each worker thread's scratch slot
 
     def feeds(k: np.ndarray) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)
+        if not hasattr(local, "slot"):
+            local.slot = next(taken)
         with torch.inference_mode():
-            if not hasattr(local, "runner"):
-                local.runner = IncrementalRunner(plan, x)
             r, c = (k // nx).astype(np.int64), (k % nx).astype(np.int64)
             patch = torch.from_numpy(input_patches(x, fill, masks, rows, cols, r, c))
-            out = {plan.cut: local.runner.full_cut(local.runner.patches(patch, r, c), r, c)}
+            out = {plan.cut: runner.full_cut(runner.patches(patch, r, c, local.slot), r, c)}
         if cut.crossing:  # the tail reads the input; through Shape only, any image of its shape will do
             out[source] = occluded(k) if unread is None else unread[:len(k)]
         return out
 
-    lanes = _lanes(runtime)
     threads = torch.get_num_threads()  # set_num_threads is process-wide: restored when the image is done
     try:
+        torch.set_num_threads(1)  # the cached maps as each lane used to build them: same values
+        runner = IncrementalRunner(plan, x, lanes[1] if lanes else 1, max(map(len, chunks), default=1))
         if lanes is None:
             yield from _pipelined(feeds, runtime, chunks)
         else:
@@ -245,7 +262,7 @@ def _shape_only(tail: "onnx.ModelProto", name: str) -> bool:
 
 def _lanes(runtime) -> tuple["Runtime", int] | None:
     """(the tail's runtime for one lane, how many lanes) on onnxruntime's CPU provider with two or more
-    cores, else None: up to MAX_LANES lanes (each holds its own crop buffers), the cores shared among them."""
+    cores, else None: up to MAX_LANES lanes (each with its own scratch slots), the cores shared among them."""
     from ..runtime import Runtime
     if not isinstance(runtime, Runtime) or runtime.device != "cpu":
         return None

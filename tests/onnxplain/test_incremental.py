@@ -110,17 +110,18 @@ def test_chunks_come_in_multiples_of_the_lanes(region_model):
 
 def test_crops_are_the_cached_map_with_each_patch_pasted_in():
     """One index_select over the cached map's rows and the chunk's patches equals slicing each window's crop
-    and pasting its patch, clipped where the patch runs past the crop; a larger chunk grows the buffer."""
+    and pasting its patch, clipped where the patch runs past the crop, from either lane's scratch slot; a chunk
+    larger than a slot is refused."""
     import torch
     from onnxplain.methods.incremental import _Source
     padded = torch.randn(1, 5, 12, 10)
-    source = _Source(padded)
-    for count in (3, 6):
+    source = _Source(padded, slots=2, room=6 * 3 * 4)
+    for slot, count in ((1, 3), (0, 6), (1, 6)):
         rng = np.random.default_rng(count)
         ty, tx = rng.integers(0, 7, count), rng.integers(0, 6, count)
         dy, dx = rng.integers(-2, 5, count), rng.integers(-2, 4, count)
         patch = torch.randn(count, 5, 3, 4)
-        crops = source.crops(patch, ty, tx, dy, dx, (6, 5))
+        crops = source.crops(patch, ty, tx, dy, dx, (6, 5), slot)
         assert crops.shape == (count, 5, 6, 5)
         for b in range(count):
             expected = padded[0, :, ty[b]:ty[b] + 6, tx[b]:tx[b] + 5].clone()
@@ -129,6 +130,28 @@ def test_crops_are_the_cached_map_with_each_patch_pasted_in():
                     if 0 <= dy[b] + i < 6 and 0 <= dx[b] + j < 5:
                         expected[:, dy[b] + i, dx[b] + j] = patch[b, :, i, j]
             assert torch.equal(crops[b], expected)
+    with pytest.raises(ValueError, match="^a chunk needs 84 scratch rows in slot 0; the source has 2 slots of 72$"):
+        source.crops(torch.randn(7, 5, 3, 4), *np.zeros((4, 7), np.int64), (6, 5), 0)
+
+
+def test_lanes_share_one_cache_built_once_per_image(zoo_exports, monkeypatch):
+    """Two lanes, two images: the prefix's cached maps are built twice in all (once per image, not per lane),
+    every chunk of an image reads the same cached arrays, and the maps equal plain occlusion's."""
+    from onnxplain.methods.incremental import IncrementalRunner
+    built, caches = [], []
+    full, patches = IncrementalRunner._full, IncrementalRunner.patches
+    monkeypatch.setattr(IncrementalRunner, "_full", lambda self, x: built.append(1) or full(self, x))
+    monkeypatch.setattr(IncrementalRunner, "patches",
+                        lambda self, *a: caches.append((id(self.cache[self.plan.cut]), a[-1])) or patches(self, *a))
+    ex = Explainer(zoo_exports.path("resnet", "legacy17"), preprocess="raw01", device="cpu", quiet=True,
+                   threads=2, batch_size=4)
+    images = [image(0), image(1)]
+    plain = ex.explain(images, "occlusion", incremental="false", **OCCLUDE)
+    fast = ex.explain(images, "occlusion", incremental="true", **OCCLUDE)
+    assert len(built) == 2 and len(caches) == 2 * 10  # 36 windows in chunks of at most 4: 10 per image
+    assert len({cache for cache, _ in caches[:10]}) == 1 and {slot for _, slot in caches} <= {0, 1}
+    for a, b in zip(fast, plain):
+        assert a.extras["incremental"]["used"] and rel_err(a.raw, b.raw) < 1e-4
 
 
 def test_approximate_mode_stays_near_the_exact_map(zoo_exports):

@@ -160,3 +160,64 @@ def test_static_batch_export_is_probed_at_batch_one(tmp_path):
     feeds = feeds_of(shapes, batch=1)
     expected = run(cut.tail, feeds)
     assert np.abs(run(pruned, feeds) - expected).max() <= TOLERANCE * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("kind", zoo.KINDS)
+def test_shapes_are_inferred_without_the_probe_and_prune_the_same(zoo_exports, kind, monkeypatch):
+    """On the zoo ViT exported three ways, shape inference with the shape arithmetic folded knows every value
+    the probe does (the same dims), so pruning never runs the probe and gives the graph the probe's shapes give."""
+    from onnxplain import rowshapes
+    _, cut, shapes = tail_of(zoo_exports.path("vit", kind))
+    probed = {n: d for n, d in probe(cut.tail, shapes).dims.items() if d is not None}
+    inferred = rowshapes.infer(cut.tail, shapes)
+    assert inferred.dims == probed and inferred.floating == probe(cut.tail, shapes).floating
+    monkeypatch.setattr(rowprune, "tail_shapes", probe)  # the shapes as before: the probe's alone
+    expected = prune_rows(cut.tail, shapes)
+    monkeypatch.undo()
+    monkeypatch.setattr(rowshapes, "probe", lambda *a: pytest.fail("the probe ran"))
+    assert prune_rows(cut.tail, shapes).SerializeToString() == expected.SerializeToString()
+
+
+def test_probe_runs_only_when_a_value_the_pass_reads_stays_unknown(monkeypatch):
+    """Inferred dims answer alone; the first value inference left unknown runs the fallback (the probe) once,
+    whose dims fill in only what inference did not know."""
+    from onnxplain import rowshapes
+    calls = []
+    known = rowshapes.Probed({"a": (("N", 1), 3)}, {"a"},
+                             lambda: calls.append(1) or rowshapes.Probed({"a": (2,), "b": (4,)}, {"b"}))
+    assert known.get("a") == (("N", 1), 3) and calls == []
+    assert known.get("b") == (4,) and known.get("a") == (("N", 1), 3) and known.get("c") is None
+    assert calls == [1] and known.floating == {"a", "b"}
+
+
+SHAPE_BY_DIV = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 6, 8] x) => (float[2, 6, 2, 4] y) {
+    s = Shape (x)
+    two = Constant <value_int = 2> ()
+    c = Gather <axis = 0> (s, two)
+    d = Div (c, two)
+    zero = Constant <value_ints = [0]> ()
+    du = Unsqueeze (d, zero)
+    head = Constant <value_ints = [2, 6, 2]> ()
+    target = Concat <axis = 0> (head, du)
+    y = Reshape (x, target)
+}
+"""
+
+
+def test_shape_arithmetic_with_div_is_folded_so_reshape_dims_are_known():
+    """onnx's data propagation stops at Div (as in the legacy exporter's attention reshapes); folding the Shape,
+    Gather, Div, Unsqueeze and Concat into constants lets inference give the Reshape's dims."""
+    from onnxplain.rowshapes import _infer_folding
+    from onnxplain.shapefold import fold_shapes
+    proto = onnx.parser.parse_model(SHAPE_BY_DIV)
+    proto.graph.output[0].type.tensor_type.ClearField("shape")
+    plain = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    assert [d.dim_value for d in plain.graph.output[0].type.tensor_type.shape.dim] == [2, 6, 2, 0]
+    folded = _infer_folding(plain)
+    assert [d.dim_value for d in folded.graph.output[0].type.tensor_type.shape.dim] == [2, 6, 2, 4]
+    assert [n.op_type for n in folded.graph.node] == ["Constant"] * 8 + ["Reshape"]
+    target = next(n for n in folded.graph.node if n.output[0] == "target")
+    assert onnx.numpy_helper.to_array(target.attribute[0].t).tolist() == [2, 6, 2, 4]
+    assert not fold_shapes(folded)

@@ -119,3 +119,37 @@ def test_one_thread_blas_is_lifted_when_the_last_of_overlapping_users_leaves():
     leave.set()
     worker.join()
     assert still_held and held == [True] and one_thread_blas._limit is None
+
+
+BLAS_LOADED_LATER = """
+import json, sys
+from threadpoolctl import threadpool_info
+from onnxplain.runtime import one_thread_blas
+def counts():
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas" and "torch" not in lib["filepath"]}
+with one_thread_blas:
+    pass
+assert "scipy.linalg" not in sys.modules
+import scipy.linalg
+before = counts()
+with one_thread_blas:
+    inside = counts()
+print(json.dumps([sorted(before.values()), sorted(inside.values()), counts() == before]))
+"""
+
+
+def test_one_thread_blas_also_limits_a_blas_loaded_after_its_first_use():
+    """scipy's OpenBLAS loaded after the first method run (as the incremental tests' imports did before the
+    runtime tests) is limited on the next run like numpy's, and restored after."""
+    import json
+    import os
+    import subprocess
+    import sys
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("OpenBLAS runs on one thread on one core anyway.")
+    result = subprocess.run([sys.executable, "-c", BLAS_LOADED_LATER], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, inside, restored = json.loads(result.stdout)
+    assert len(before) >= 2 and max(before) > 1  # numpy's and scipy's, each on more than one thread
+    assert inside == [1] * len(before) and restored
