@@ -29,6 +29,7 @@ class JobOptions:
     flush_every: int = 256
     maps: str | None = "input"
     overlays: bool | None = None  # None: on in-process, off on Ray
+    retry_errors: bool = False    # with resume: run the error rows' images again (unreadable ones always are)
 
     def spec_fields(self) -> dict:
         """The JobSpec fields these options set (maps, overlays: off on Ray unless asked)."""
@@ -41,6 +42,9 @@ def job_options(maps: bool = True, overlays: bool = True) -> Callable:
     options = [
         click.option("--resume", is_flag=True,
                      help="Skip images already written to --out with the same settings (path, content, parameters)."),
+        click.option("--retry-errors", is_flag=True,
+                     help="With --resume, run the images of error rows again (default: only those whose file "
+                          "changed or could not be read); each keeps one row."),
         click.option("--shard", default=None, metavar="I/N",
                      help="Only the images whose name hashes to I of N (0 <= I < N); the N shards' union is the whole."),
         click.option("--threads", type=int, default=None,
@@ -66,10 +70,10 @@ def job_options(maps: bool = True, overlays: bool = True) -> Callable:
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
-        def command(*args, resume, shard, threads, flush_every, ray, ray_address, actors, maps="none",
-                    overlays=False, **kwargs):
+        def command(*args, resume, retry_errors, shard, threads, flush_every, ray, ray_address, actors,
+                    maps="none", overlays=False, **kwargs):
             jobs = JobOptions(resume, shard, threads, ray or ray_address is not None, ray_address, actors,
-                              flush_every, None if maps == "none" else maps, overlays)
+                              flush_every, None if maps == "none" else maps, overlays, retry_errors)
             return func(*args, jobs=jobs, **kwargs)
         for option in reversed(options):
             command = option(command)
@@ -88,6 +92,8 @@ def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: Jo
     shard = check_shard(jobs.shard)
     if jobs.actors is not None and not jobs.ray:
         raise UserError("--actors sets the number of Ray actors; add --ray (or drop --actors).")
+    if jobs.retry_errors and not jobs.resume:
+        raise UserError("--retry-errors runs a resumed job's error rows again; add --resume (or drop --retry-errors).")
     items = select(list_inputs(sources[0] if len(sources) == 1 else list(sources)), shard)
     out = Path(out)
     existed = out.exists()
@@ -99,7 +105,7 @@ def run_command_job(spec: Any, sources: Sequence[str], out: str | Path, jobs: Jo
         resumed = jobs.resume and (out / "job.json").is_file()   # settings already ran there: no probe
         watch = ErrorRows(0 if resumed else min(len(items), SETTINGS_PROBE))
         report = run_job(spec, items, out, resume=jobs.resume, threads=jobs.threads, flush_every=jobs.flush_every,
-                         quiet=cli_quiet(), on_batch=watch)
+                         quiet=cli_quiet(), on_batch=watch, retry_errors=jobs.retry_errors)
         return report.as_dict()
     except UserError:  # nothing this run wrote stays: a folder it made, or what it added to one that was there
         if not existed:
@@ -146,13 +152,14 @@ def _on_ray(spec: Any, items: list, out: Path, jobs: JobOptions) -> dict:
     from ..jobs.ray_runner import pending
     from ..jobs.work import Worker, build_explainer
     resumed = jobs.resume and any(out.glob("*.parquet"))
-    todo = pending(items, out, spec.params_hash())[0] if resumed else items
+    todo = pending(items, out, spec.params_hash(), jobs.retry_errors)[0] if resumed else items
     if todo and not resumed:
         probe = todo[:SETTINGS_PROBE]
         ErrorRows(len(probe))(Worker(spec, build_explainer(spec, jobs.threads)).process(probe)[0])
     earlier = set(out.glob("*.parquet"))
     if todo:
-        run_ray(spec, todo, out, address=jobs.ray_address, actors=jobs.actors, resume=jobs.resume)
+        run_ray(spec, todo, out, address=jobs.ray_address, actors=jobs.actors, resume=jobs.resume,
+                retry_errors=jobs.retry_errors)
     import pyarrow.parquet as pq
     fresh = [r for f in sorted(set(out.glob("*.parquet")) - earlier)   # this run's files, not the old row
              for r in pq.read_table(f, columns=["path", "source", "error"]).to_pylist()]  # of a replaced file

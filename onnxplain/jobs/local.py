@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from ..errors import UserError
 from .inputs import Item, check_shard, list_inputs, read_bytes, select
-from .store import Store, resume_state
+from .store import Store, plan_resume
 from .work import JobSpec, Worker, build_explainer, default_threads
 
 
@@ -30,12 +30,13 @@ class JobReport:
 def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.PathLike, resume: bool = False,
             shard: tuple[int, int] | str | None = None, threads: int | None = None, flush_every: int = 256,
             on_flush: Callable[[int], None] | None = None, quiet: bool = True,
-            on_batch: Callable[[list[dict]], None] | None = None) -> JobReport:
+            on_batch: Callable[[list[dict]], None] | None = None, retry_errors: bool = False) -> JobReport:
     """Run `spec` over a folder, manifest or list of paths, streaming into `out` (see store.py for the layout).
 
     Memory holds one batch and at most `flush_every` rows and maps. `resume` skips images whose relative
-    path and content hash were already written with the same parameters (a file replaced in place runs
-    again and its earlier row is dropped: store.resume_state); `shard=(i, n)` takes the images
+    path and content hash were already written with the same parameters, error rows included unless
+    `retry_errors` (a file replaced in place, or one that could not be read, runs again and its earlier row,
+    maps and overlays are dropped first: store.resume_state); `shard=(i, n)` takes the images
     whose name hashes to i of n; `threads` sets onnxruntime's intra-op threads (default: every core).
     `on_batch` sees each batch's rows before they are stored (the CLI prints error rows and may stop there).
     """
@@ -47,8 +48,13 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     explainer = build_explainer(spec, threads or default_threads())
     worker = Worker(spec, explainer, Path(out))
     store = Store(out, spec.as_dict(), worker.params_hash, resume)
-    done = store.done() if resume else {}
-    rows, maps, skipped, written, errors, stale = [], {}, 0, 0, 0, set()
+    todo, skipped = items, 0
+    if resume:
+        todo, stale = plan_resume(progress(items, desc="resume", quiet=quiet, unit="image"), store.done(),
+                                  retry_errors)
+        store.drop(stale)   # before the run: killed after this, those images are simply not done
+        skipped = len(items) - len(todo)
+    rows, maps, written, errors = [], {}, 0, 0
     batch: list[tuple[Item, bytes | None]] = []
 
     def run_batch():
@@ -62,13 +68,8 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         errors += sum(r["error"] is not None for r in new_rows)
         batch.clear()
 
-    for item in progress(items, desc="job", quiet=quiet, unit="image"):
+    for item in progress(todo, desc="job", quiet=quiet, unit="image"):
         blob = read_bytes(item.path)
-        finished, superseded = resume_state(item, done, blob)
-        stale |= superseded   # also when finished: a run killed before it dropped them
-        if finished:
-            skipped += 1
-            continue
         batch.append((item, blob))
         if len(batch) >= spec.batch_size:
             run_batch()
@@ -81,7 +82,6 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         run_batch()
     if rows:
         store.append(rows, maps)
-    store.drop(stale)   # a replaced file's earlier row and maps
     return JobReport(Path(out), len(items), written, skipped, errors, store.consolidate())
 
 

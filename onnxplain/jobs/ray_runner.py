@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from .inputs import Item, check_shard, list_inputs, select
-from .store import drop_rows, finished, pack_maps, resume_state, table
+from .store import drop_rows, finished, pack_maps, plan_resume, table
 from .work import JobSpec, Worker, build_explainer
 
 RESERVE_CPUS = 0.5   # left to Ray Data's own tasks (writes, splits) beside the actors
@@ -65,29 +65,24 @@ class ExplainActor:
         return table(rows, inline)
 
 
-def pending(items: Sequence[Item], out: str | os.PathLike, params_hash: str) -> tuple[list[Item], set]:
-    """The items a Ray job's folder `out` has not done with these parameters, and the rows their recomputation
-    supersedes (the in-process rule, store.resume_state)."""
-    done = finished(sorted(Path(out).glob("*.parquet")), params_hash)
-    todo, stale = [], set()
-    for item in items:
-        finished_now, superseded = resume_state(item, done)
-        stale |= superseded
-        if not finished_now:
-            todo.append(item)
-    return todo, stale
+def pending(items: Sequence[Item], out: str | os.PathLike, params_hash: str, retry_errors: bool = False
+            ) -> tuple[list[Item], set]:
+    """The items a Ray job's folder `out` has not done with these parameters, and the rows their runs
+    supersede (the in-process rule, store.resume_state)."""
+    return plan_resume(items, finished(sorted(Path(out).glob("*.parquet")), params_hash), retry_errors)
 
 
 def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.PathLike,
             address: str | None = None, actors: int | None = None, cpus_per_actor: float | None = None,
             gpus_per_actor: float | None = None, shard: tuple[int, int] | str | None = None,
-            resume: bool = False, num_cpus: int | None = None) -> Path:
+            resume: bool = False, num_cpus: int | None = None, retry_errors: bool = False) -> Path:
     """Run `spec` on Ray Data and write Parquet files (rows of results.parquet plus an inline `maps` column of
     npz bytes) into `out`, with `spec.overlays` also the in-process job's files under `out/overlays`; returns
     `out`. Without `address` a local Ray starts (`num_cpus` caps it); with one
     it connects to that cluster, whose workers must see the image paths and `out` (a shared filesystem).
     `resume` skips the images `out` already holds (`store.resume_state`: same path, content and
-    parameters); the rows of a file replaced since are dropped and it runs again.
+    parameters; error rows too unless `retry_errors`); the rows (and overlay files) of a file replaced since,
+    or of one that could not be read, are dropped and it runs again.
     """
     try:
         import ray
@@ -98,8 +93,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     items = select(items, check_shard(shard))
     out = Path(out)
     if resume:
-        items, stale = pending(items, out, spec.params_hash())
-        drop_rows(sorted(out.glob("*.parquet")), stale)   # killed after this, those images are simply not done
+        items, stale = pending(items, out, spec.params_hash(), retry_errors)
+        drop_rows(sorted(out.glob("*.parquet")), stale, out=out)   # killed after this, those are simply not done
     elif out.is_dir():
         for old in out.glob("*.parquet"):
             old.unlink()
@@ -115,9 +110,10 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     rows = [{"path": i.path, "name": i.name, "target": json.dumps(i.target)} for i in items]
     data = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // spec.batch_size, 4 * plan.actors)))
     gpus = {"num_gpus": plan.gpus} if plan.gpus else {}
+    pool = ray.data.ActorPoolStrategy(size=plan.actors)   # `concurrency=` is deprecated since Ray 2.51
     results = data.map_batches(ExplainActor, fn_constructor_kwargs={"spec": actor_spec, "threads": plan.threads,
                                                       "out": str(out.resolve())},
-                               batch_size=spec.batch_size, batch_format="numpy", concurrency=plan.actors,
+                               batch_size=spec.batch_size, batch_format="numpy", compute=pool,
                                num_cpus=plan.cpus, **gpus)
     out.mkdir(parents=True, exist_ok=True)
     results.write_parquet(str(out), ray_remote_args={"num_cpus": WRITE_CPUS})

@@ -11,9 +11,11 @@ without their part (a kill between the two) and temporary files are removed when
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -93,8 +95,8 @@ class Store:
                 shard.unlink()
         (self.out / "results.parquet").unlink(missing_ok=True)
 
-    def done(self) -> dict[str, set[str]]:
-        """Content hashes by relative path of every row already written with these parameters (see resume_state)."""
+    def done(self) -> dict[str, dict[str, bool]]:
+        """What every relative path has written with these parameters (see finished and resume_state)."""
         return finished(sorted(self.parts.glob("part-*.parquet")), self.params_hash)
 
     def append(self, rows: list[dict], maps: dict[str, np.ndarray]) -> None:
@@ -109,9 +111,9 @@ class Store:
         self.next_index += 1
 
     def drop(self, rows: set[tuple[str, str]]) -> None:
-        """Remove the (path, hash) rows a recomputed image supersedes from the parts, and that image's maps
-        from their shards first (a kill in between leaves the row, dropped again on the next resume)."""
-        drop_rows(sorted(self.parts.glob("part-*.parquet")), rows, self._drop_maps)
+        """Remove the (path, hash) rows a recomputed image supersedes from the parts, and that image's maps and
+        overlay files first (a kill in between leaves the row, dropped again on the next resume)."""
+        drop_rows(sorted(self.parts.glob("part-*.parquet")), rows, self._drop_maps, self.out)
 
     def _drop_maps(self, part: Path, paths: set[str]) -> None:
         shard = self.maps / f"maps-{_index(part):05d}.npz"
@@ -132,36 +134,57 @@ class Store:
         return target
 
 
-def finished(files: Iterable[Path], params_hash: str) -> dict[str, set[str]]:
-    """Content hashes by relative path of the rows in these Parquet files written with `params_hash` (the
-    parts of an in-process job, the files of a Ray job); what `resume_state` checks an item against."""
+def finished(files: Iterable[Path], params_hash: str) -> dict[str, dict[str, bool]]:
+    """What each relative path has in these Parquet files written with `params_hash` (the parts of an
+    in-process job, the files of a Ray job): {content hash: whether that row is an error row}, hash '' for a
+    file that could not be read; what `resume_state` checks an item against."""
     import pyarrow.parquet as pq
-    found: dict[str, set[str]] = {}
+    found: dict[str, dict[str, bool]] = {}
     for file in files:
-        t = pq.read_table(file, columns=["path", "hash", "params_hash"])
-        for path, digest, params in zip(*(t.column(c).to_pylist() for c in ("path", "hash", "params_hash"))):
-            if params == params_hash and digest:
-                found.setdefault(path, set()).add(digest)
+        t = pq.read_table(file, columns=["path", "hash", "params_hash", "error"])
+        for path, digest, params, error in zip(*(t.column(c).to_pylist() for c in ("path", "hash", "params_hash",
+                                                                                   "error"))):
+            if params == params_hash:
+                found.setdefault(path, {})[digest or ""] = error is not None
     return found
 
 
-def resume_state(item: Item, done: dict[str, set[str]], blob: bytes | None = None) -> tuple[bool, set]:
-    """The resume rule of both runners: (whether the item is done, the rows it supersedes). Done means a row with
-    its relative path and the content hash of its bytes as they are now was written with the same parameters;
-    the rows of that path for other bytes (a file replaced in place) are (path, hash) pairs for drop_rows.
-    `blob` is the file's bytes where the caller read them; else they are read only if the name was written."""
-    hashes = done.get(item.name, set())
-    if hashes and blob is None:
-        blob = read_bytes(item.path)
-    current = content_hash(blob) if hashes and blob is not None else None
-    return current in hashes, {(item.name, h) for h in hashes if h != current}
+def resume_state(item: Item, done: dict[str, dict[str, bool]], retry_errors: bool = False) -> tuple[bool, set]:
+    """The resume rule of both runners: (whether the item is done, the rows its run supersedes). Done means a
+    row with its relative path and the content hash of its bytes as they are now was written with the same
+    parameters, an error row included (same bytes, same settings: the same error) unless `retry_errors`; a
+    file that could not be read has no hash and is always tried again. Every other row of that path (a file
+    replaced in place, the error row being retried) is a (path, hash) pair for drop_rows, so after any number
+    of resumes an image has one row. The file is read only if its name was written."""
+    written = done.get(item.name)
+    if not written:
+        return False, set()
+    blob = read_bytes(item.path)
+    current = content_hash(blob) if blob is not None else ""
+    is_done = bool(current) and current in written and not (retry_errors and written[current])
+    return is_done, {(item.name, h) for h in written if not (is_done and h == current)}
+
+
+def plan_resume(items: Iterable[Item], done: dict[str, dict[str, bool]], retry_errors: bool = False
+                ) -> tuple[list[Item], set]:
+    """The items still to run and every row their runs supersede (resume_state on each item); both runners
+    drop those rows before they run, so a new row never meets the old one it replaces."""
+    todo, stale = [], set()
+    for item in items:
+        is_done, superseded = resume_state(item, done, retry_errors)
+        stale |= superseded
+        if not is_done:
+            todo.append(item)
+    return todo, stale
 
 
 def drop_rows(files: Iterable[Path], rows: set[tuple[str, str]],
-              first: Callable[[Path, set[str]], None] | None = None) -> None:
+              first: Callable[[Path, set[str]], None] | None = None, out: Path | None = None) -> None:
     """Rewrite (atomically) each Parquet file that holds one of these (path, hash) rows, without them: the
     rows a recomputed image supersedes, so results keep one row per image. `first(file, paths)` runs before a
-    file is rewritten (the in-process store drops those paths' maps from the file's shard)."""
+    file is rewritten (the in-process store drops those paths' maps from the file's shard); with `out`, the
+    overlay files the dropped rows name (under `out`) are deleted first too, so an image whose class changed
+    leaves no overlay of its old class."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     if not rows:
@@ -173,9 +196,27 @@ def drop_rows(files: Iterable[Path], rows: set[tuple[str, str]],
             continue
         if first is not None:
             first(Path(file), {path for (path, _), kept in zip(keys, keep) if not kept})
+        whole = pq.read_table(file)
+        if out is not None:
+            gone = whole.filter(pa.array([not k for k in keep])).column("explanations").to_pylist()
+            remove_overlays(Path(out), [e["overlay"] for entries in gone for e in entries if e["overlay"]])
         buffer = io.BytesIO()
-        pq.write_table(pq.read_table(file).filter(pa.array(keep)), buffer)
+        pq.write_table(whole.filter(pa.array(keep)), buffer)
         _write_atomic(Path(file), buffer.getvalue())
+
+
+OVERLAY_SUFFIXES = re.compile(r"png|npy|raw\.npy|valid\.npy|[A-Za-z_]+\.png")  # render.save_attribution's
+
+
+def remove_overlays(out: Path, overlays: Iterable[str]) -> None:
+    """Delete each overlay PNG (a path relative to `out`) and the files Attribution.save wrote beside it
+    under the same prefix (heatmap, raw and validity .npy, panels such as `.class_map.png`)."""
+    for overlay in overlays:
+        png = out / overlay
+        prefix = png.name[:-len(".png")] + "."
+        for path in png.parent.glob(glob.escape(prefix) + "*"):
+            if OVERLAY_SUFFIXES.fullmatch(path.name[len(prefix):]):
+                path.unlink(missing_ok=True)
 
 
 def read_results(out: str | os.PathLike):

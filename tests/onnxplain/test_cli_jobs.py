@@ -157,6 +157,37 @@ def test_resume_after_a_partial_run_ends_identical_and_then_writes_nothing(model
     assert rows(part) == rows(whole)
 
 
+def test_resume_keeps_one_row_per_failed_image_and_retry_errors_runs_them_again(model, photos, tmp_path):
+    """A file that cannot be read runs again on each --resume (it may be there now), a corrupt one only with
+    --retry-errors (same bytes, same settings: the same error); either way its earlier error row is replaced."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i, path in enumerate(sorted(photos.rglob("*.png"))[:3]):
+        (root / f"{i}.png").write_bytes(path.read_bytes())
+    (root / "broken.png").write_bytes(b"not a png")
+    (root / "m.csv").write_text("path\n0.png\n1.png\n2.png\nbroken.png\nmissing.png\n")
+    out, manifest = tmp_path / "out", str(root / "m.csv")
+    unreadable = f"failed: Image file '{root / 'missing.png'}' cannot be read."
+    undecodable = (f"failed: Image file '{root / 'broken.png'}' could not be decoded as an image; use a format "
+                   "opencv reads (PNG, JPEG, ...).")
+    failed = "(their error rows are in the results; exit code 1)"
+    assert explain(model, manifest, "--out", str(out)).exit_code == 1
+    for extra, line, stderr in [((), f"5 images: 1 written, 4 already done, 1 failed {failed}", [unreadable]),
+                                (("--retry-errors",), f"5 images: 2 written, 3 already done, 2 failed {failed}",
+                                 [undecodable, unreadable])]:
+        result = explain(model, manifest, "--out", str(out), "--resume", *extra)
+        assert result.exit_code == 1
+        assert result.stdout.strip().splitlines()[-1] == f"{line} -> {out}"
+        assert [x for x in result.stderr.strip().splitlines() if not x.startswith("warning:")] == stderr
+        found = read_results(out).to_pylist()
+        assert sorted(r["path"] for r in found) == ["0.png", "1.png", "2.png", "broken.png", "missing.png"]
+        assert [r["error"] is not None for r in sorted(found, key=lambda r: r["path"])] == [False] * 3 + [True] * 2
+    refused = explain(model, manifest, "--out", str(out), "--retry-errors")
+    assert refused.exit_code == 2
+    assert refused.output.strip() == ("error: --retry-errors runs a resumed job's error rows again; add --resume "
+                                      "(or drop --retry-errors).")
+
+
 def test_two_shards_make_the_whole(model, photos, tmp_path):
     assert explain(model, str(photos), "--out", str(tmp_path / "whole"), "--no-overlays").exit_code == 0
     shards = []

@@ -306,6 +306,119 @@ def test_resume_recomputes_a_file_replaced_at_the_same_path_on_both_runners(tmp_
     assert_same_maps(read_maps(tmp_path / "local"), read_maps(tmp_path / "ray"), 12)
 
 
+def test_resume_replaces_error_rows_and_retries_unreadable_files_on_both_runners(tmp_path, model, local_ray):
+    """An unreadable file (no content hash) runs again on every resume, an undecodable one only with
+    retry_errors (same bytes, same settings: the same error), and each replaces its earlier row: one row per
+    image after any number of resumes, in process and on Ray, and the same rows on both."""
+    from onnxplain.jobs.inputs import content_hash
+    from onnxplain.jobs.ray_runner import pending, run_ray
+    write_images(tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"broken")
+    (tmp_path / "m.csv").write_text("path\nimgs/b/0.png\nimgs/a/0.png\nimgs/b/1.png\nimgs/broken.png\nimgs/gone.png\n")
+    manifest, spec, gone = tmp_path / "m.csv", spec_for(model, batch_size=2), tmp_path / "imgs" / "gone.png"
+    names = ["imgs/a/0.png", "imgs/b/0.png", "imgs/b/1.png", "imgs/broken.png", "imgs/gone.png"]
+    runs = {"local": lambda **kw: run_job(spec, manifest, tmp_path / "local", **kw),
+            "ray": lambda **kw: run_ray(spec, manifest, tmp_path / "ray", actors=1, **kw)}
+
+    def rows(out: str) -> dict[str, dict]:
+        found = read_results(tmp_path / out).to_pylist()
+        assert sorted(r["path"] for r in found) == names, out   # one row per image
+        return {r["path"]: r for r in found}
+    for out, run in runs.items():
+        run()
+        run(resume=True)
+        found = rows(out)
+        assert (found["imgs/gone.png"]["error"], found["imgs/gone.png"]["hash"]) == (
+            f"Image file '{gone}' cannot be read.", "")
+        assert found["imgs/broken.png"]["hash"] == content_hash(b"broken") and found["imgs/broken.png"]["error"]
+    items = list_inputs(manifest)
+    todo, stale = pending(items, tmp_path / "ray", spec.params_hash())
+    assert ([i.name for i in todo], stale) == (["imgs/gone.png"], {("imgs/gone.png", "")})
+    todo, stale = pending(items, tmp_path / "ray", spec.params_hash(), retry_errors=True)
+    assert ([i.name for i in todo], stale) == (["imgs/broken.png", "imgs/gone.png"],
+                                               {("imgs/gone.png", ""), ("imgs/broken.png", content_hash(b"broken"))})
+    report = run_job(spec, manifest, tmp_path / "local", resume=True)
+    assert (report.done, report.skipped, report.errors) == (1, 4, 1)
+    gone.write_bytes((tmp_path / "imgs" / "a" / "0.png").read_bytes())   # the missing file arrives
+    report = run_job(spec, manifest, tmp_path / "local", resume=True, retry_errors=True)
+    assert (report.done, report.skipped, report.errors) == (2, 3, 1)
+    run_ray(spec, manifest, tmp_path / "ray", actors=1, resume=True, retry_errors=True)
+    local, on_ray = rows("local"), rows("ray")
+    arrived = on_ray["imgs/gone.png"]
+    assert arrived["error"] is None and arrived["hash"] == on_ray["imgs/a/0.png"]["hash"]
+    assert_same(*({p: {k: v for k, v in r.items() if k != "seconds"} for p, r in t.items()} for t in (on_ray, local)))
+    assert pending(items, tmp_path / "ray", spec.params_hash()) == ([], set())
+    assert len(read_maps(tmp_path / "local")) == len(read_maps(tmp_path / "ray")) == 8   # 4 images, 2 methods
+
+
+def channel_model(folder: Path) -> str:
+    """A 3-class model whose class is the image's brightest channel (a 1x1 identity conv, relu, mean)."""
+    import torch
+
+    class ChannelNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+                self.conv.bias.zero_()
+
+        def forward(self, x):
+            return torch.relu(self.conv(x)).mean(dim=(2, 3))
+    return str(export(ChannelNet().eval(), folder / "channel.onnx"))
+
+
+def test_a_replaced_image_whose_class_changed_leaves_no_overlay_of_its_old_class(tmp_path, local_ray):
+    """The overlay files are named by the predicted class: on resume, a replaced image's old files go with its
+    old row (store.drop_rows), on both runners; the folder then holds what a fresh run of the new files writes."""
+    from onnxplain.jobs import run_ray
+    images = random_images(3, 32, seed=3)
+    for i, channel in enumerate((0, 1, 0)):   # RGB: red, green, red
+        images[i][..., channel] = 255
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "imgs" / f"{i}.png"), images[i][:, :, ::-1])
+    spec = JobSpec(channel_model(tmp_path), methods=("grad-cam",), preset="raw01", overlays=True, batch_size=2)
+    run_job(spec, tmp_path / "imgs", tmp_path / "local")
+    run_ray(spec, tmp_path / "imgs", tmp_path / "ray", actors=1)
+
+    def files(out: str, prefix: str = "") -> list[str]:
+        found = (p.relative_to(tmp_path / out).as_posix() for p in (tmp_path / out / "overlays").rglob("*"))
+        return sorted(f for f in found if f.startswith("overlays/" + prefix))
+    kinds = ("npy", "png", "raw.npy", "valid.npy")
+    old = files("local", "0.png.")
+    assert old == [f"overlays/0.png.grad-cam.0.{kind}" for kind in kinds] and files("ray") == files("local")
+    (tmp_path / "imgs" / "0.png").write_bytes((tmp_path / "imgs" / "1.png").read_bytes())   # now green: class 1
+    run_job(spec, tmp_path / "imgs", tmp_path / "local", resume=True)
+    run_ray(spec, tmp_path / "imgs", tmp_path / "ray", actors=1, resume=True)
+    run_job(spec, tmp_path / "imgs", tmp_path / "fresh")
+    assert files("local", "0.png.") == [f"overlays/0.png.grad-cam.1.{kind}" for kind in kinds]
+    assert files("local") == files("ray") == files("fresh") and len(files("fresh")) == 12
+    assert_same(rows_by_path(read_results(tmp_path / "local")), rows_by_path(read_results(tmp_path / "fresh")))
+
+
+def test_a_ray_job_uses_the_current_map_batches_api(tmp_path, model, local_ray):
+    """No deprecation from Ray Data (`concurrency=` is deprecated since Ray 2.51: the pool is `compute=`),
+    neither as a Python warning nor in the `ray.data` log, which does not propagate to the root logger."""
+    import logging
+    import warnings
+    from onnxplain.jobs import run_ray
+    write_images(tmp_path / "imgs", 2)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("ray.data")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_ray(spec_for(model, batch_size=2), tmp_path / "imgs", tmp_path / "ray", actors=1)
+    finally:
+        logger.removeHandler(handler)
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in records]
+    assert records and not [m for m in said if "deprecat" in m.lower()], said   # the log was heard, said nothing
+    assert read_results(tmp_path / "ray").num_rows == 2
+
+
 def test_ray_writes_the_in_process_overlay_files_with_occlusions_panels(tmp_path, model, local_ray):
     """overlays=True on Ray goes through the in-process writer (Attribution.save): the same files, occlusion's
     class-map and per-window activation panels included, and the same rows (overlay paths too)."""
