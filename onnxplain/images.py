@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError
-from .limits import Limits, PixelLimitError
+from .limits import CLI, Limits, PixelLimitError, Remedy
 
 ImageSource = str | os.PathLike | bytes | np.ndarray
 
@@ -161,13 +161,13 @@ def _from_array(image: np.ndarray, limits: Limits) -> np.ndarray:
     return image
 
 
-def check_encoded(data: bytes, limits: Limits | None = None, label: str = "The image") -> int:
+def check_encoded(data: bytes, limits: Limits | None = None, label: str = "The image", remedy: Remedy = CLI) -> int:
     """Refuse encoded bytes whose header claims more than the pixel limit, without decoding (the server calls it
-    before queueing); returns the EXIF orientation (1 = upright)."""
-    return _check_header(bytes(data), label, limits or Limits())
+    before queueing, `remedy` wording its advice); returns the EXIF orientation (1 = upright)."""
+    return _check_header(bytes(data), label, limits or Limits(), remedy)
 
 
-def _check_header(data: bytes, label: str, limits: Limits) -> int:
+def _check_header(data: bytes, label: str, limits: Limits, remedy: Remedy = CLI) -> int:
     """The EXIF orientation (1 = upright) of encoded bytes, after refusing a header over the pixel limit.
 
     Read by Pillow without decoding pixels; formats Pillow does not know are left to opencv (orientation 1).
@@ -184,10 +184,10 @@ def _check_header(data: bytes, label: str, limits: Limits) -> int:
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(claimed.group(1)) / 1e6:.0f} megapixels" if claimed else "a huge size"
         raise PixelLimitError(f"{label} claims {pixels}, over the limit of {limits.max_pixels / 1e6:g} megapixels; "
-                         "scale it down or raise --max-pixels.") from None
+                              f"scale it down or raise {remedy.flag('max-pixels')}.") from None
     except Exception:  # not a format Pillow reads, or a broken header: opencv decides
         return 1
-    limits.check_pixels(width, height, label)
+    limits.check_pixels(width, height, label, remedy)
     return orientation if orientation in ORIENTATIONS else 1
 
 

@@ -37,11 +37,16 @@ class Cancelled(UserError):
 
 @dataclass(frozen=True)
 class Remedy:
-    """Where a refusal over max_forwards tells its reader to ask for less: after "fewer targets", after "n or
-    steps", and the flag to raise. The CLI's words by default; the server names its request fields instead."""
+    """How a limit refusal tells its reader to ask for less: the words after "fewer targets" and after "n or
+    steps", and the words before a flag to raise. The CLI's words by default; the server names its request
+    fields and its own flags ("the server's --max-pixels")."""
     targets: str = " (-t)"
     params: str = ""
-    flag: str = "--max-forwards"
+    flags: str = ""
+
+    def flag(self, name: str) -> str:
+        """The flag `--name` as this reader raises it."""
+        return f"{self.flags}--{name}"
 
 
 CLI = Remedy()
@@ -60,11 +65,13 @@ class Limits:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"The limit '{name}' must be a whole number of at least 1, not {value!r}.")
 
-    def check_pixels(self, width: int, height: int, label: str = "The image") -> None:
-        """Refuse an image whose header claims more than max_pixels, before anything is decoded."""
+    def check_pixels(self, width: int, height: int, label: str = "The image", remedy: Remedy = CLI) -> None:
+        """Refuse an image whose header claims more than max_pixels, before anything is decoded; `remedy` words
+        the flag to raise."""
         if width * height > self.max_pixels:
             raise PixelLimitError(f"{label} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit "
-                             f"of {self.max_pixels / 1e6:g} megapixels; scale it down or raise --max-pixels.")
+                                  f"of {self.max_pixels / 1e6:g} megapixels; scale it down or raise "
+                                  f"{remedy.flag('max-pixels')}.")
 
     def check_forwards(self, method: str, forwards: int, targets: int = 1, remedy: Remedy = CLI) -> None:
         """Refuse an explanation whose estimated forward passes per image exceed max_forwards; `targets` is how
@@ -74,11 +81,11 @@ class Limits:
             raise LimitError(f"Method '{method}' runs once per target: {targets:,} targets of about {forwards:,} "
                              f"forward passes each need about {forwards * targets:,} per image, over the limit of "
                              f"{self.max_forwards:,}; ask for fewer targets{remedy.targets}, lower n or steps"
-                             f"{remedy.params}, or raise {remedy.flag}.")
+                             f"{remedy.params}, or raise {remedy.flag('max-forwards')}.")
         if forwards > self.max_forwards:
             raise LimitError(f"Method '{method}' with these parameters needs about {forwards:,} forward passes per "
                              f"image, over the limit of {self.max_forwards:,}; lower n, steps or the number of "
-                             f"windows{remedy.params}, or raise {remedy.flag}.")
+                             f"windows{remedy.params}, or raise {remedy.flag('max-forwards')}.")
 
 # ---- cancellation --------------------------------------------------------------------------------
 class CancelToken:

@@ -171,7 +171,7 @@ class Service:
         from ..images import check_encoded
 
         explainer = self.explainer
-        check_encoded(job.image, explainer.limits)
+        check_encoded(job.image, explainer.limits, remedy=REMEDY)
         if isinstance(job, PredictJob):
             explainer.output_name(job.output)
             return

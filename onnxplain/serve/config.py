@@ -8,7 +8,7 @@ from ..limits import Remedy
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # a 413 over max_forwards names the request's fields and the server's flag, not the CLI's -t
-REMEDY = Remedy(targets=" (field 'target')", params=" (field 'params')", flag="the server's --max-forwards")
+REMEDY = Remedy(targets=" (field 'target')", params=" (field 'params')", flags="the server's ")
 
 
 @dataclass(frozen=True)

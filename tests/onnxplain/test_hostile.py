@@ -422,9 +422,9 @@ FORWARDS = ("Method '{}' with these parameters needs about 1,000,000,000,000 for
 SERVER_CASES = {
     "header claims 100000x100000": ("/predict", {"image": png_header(100_000, 100_000)}, 413,
                                     "The image claims 10000 megapixels, over the limit of 1 megapixels; scale it "
-                                    "down or raise --max-pixels."),
+                                    "down or raise the server's --max-pixels."),
     "decompression bomb": ("/explain", {"image": bomb(), "method": "eigen-cam"}, 413, "The image is 2000x2000 (4.0 "
-                           "megapixels), over the limit of 1 megapixels; scale it down or raise --max-pixels."),
+                           "megapixels), over the limit of 1 megapixels; scale it down or raise the server's --max-pixels."),
     "rise n=1e12": ("/explain", {"method": "rise", "params": {"n": 1e12}}, 413, FORWARDS.format("rise")),
     "smoothgrad n=1e12": ("/explain", {"method": "smoothgrad", "params": {"n": 10**12}}, 413,
                           FORWARDS.format("smoothgrad")),
