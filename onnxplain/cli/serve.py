@@ -57,18 +57,19 @@ def serve_command(model: str, host: str, port: int, max_batch: int, max_body: in
     if host not in LOOPBACK and token is None:
         click.echo(f"warning: binding {host}: the server has no token (--token); anyone who reaches it can use it.",
                    err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", **uvicorn_settings(app.state.config, keep_alive))
+    uvicorn.run(app, host=host, port=port, log_level="info", **uvicorn_settings(app, keep_alive))
 
 
-def uvicorn_settings(config, keep_alive: int = 5) -> dict:
+def uvicorn_settings(app, keep_alive: int = 5) -> dict:
     """uvicorn's own limits, set around the app's: its plain-text 503 (limit_concurrency, which also counts
     idle connections) only trips well above the app's JSON 503 (config.max_inflight), so /health and the
     app's answers come first; idle keep-alive connections close after `keep_alive` s; request heads are
-    bounded in bytes (h11_max_incomplete_event_size, h11 forced) and in time (config.header_timeout, closed);
-    slow bodies are the app's 408 (config.body_timeout)."""
+    bounded in bytes (h11_max_incomplete_event_size, h11 forced) and in time (config.header_timeout, closed,
+    logged and counted in the app's metrics); slow bodies are the app's 408 (config.body_timeout)."""
     from ..serve.connection import header_timeout_protocol
+    config = app.state.config
     return {"limit_concurrency": config.max_inflight + HEADROOM, "timeout_keep_alive": keep_alive,
-            "http": header_timeout_protocol(config.header_timeout),
+            "http": header_timeout_protocol(config.header_timeout, app.state.serve.metrics.header_timeouts),
             "h11_max_incomplete_event_size": MAX_HEAD, "timeout_graceful_shutdown": 5}
 
 

@@ -1,7 +1,8 @@
 """Prometheus metrics of one app (its own CollectorRegistry, so several apps share a process) and GET /metrics.
 
-Requests and latency by route and HTTP verb, refusals by reason, the queue length and jobs running, the sizes
-of the batches the model ran and the model time by job kind and explanation method.
+Requests and latency by route and HTTP verb, refusals by reason, connections closed at the header timeout, the
+queue length and jobs running, the sizes of the batches the model ran and the model time by job kind and
+explanation method.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class Metrics:
                                     ["kind", "method"], buckets=BATCHES, registry=registry)
         self.model_time = Histogram("onnxplain_model_seconds", "Time of one model call, by job kind and method.",
                                     ["kind", "method"], buckets=SECONDS, registry=registry)
+        self.header_timeouts = Counter("onnxplain_header_timeouts", "Connections closed because their request head "
+                                       "was not complete within --header-timeout.", registry=registry)
         Gauge("onnxplain_queue_length", "Requests waiting for a worker.",
               registry=registry).set_function(lambda: batcher.queued)
         Gauge("onnxplain_running_jobs", "Jobs being computed now.",

@@ -7,6 +7,8 @@ Each server is uvicorn on a free 127.0.0.1 port (test_serve.LiveServer) with uvi
 from __future__ import annotations
 
 import json
+import logging
+import re
 import select
 import socket
 import threading
@@ -28,7 +30,7 @@ class Live(LiveServer):
 
     def __init__(self, app):
         super().__init__(app, lifetime=90)
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_settings(app.state.config))
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_settings(app))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
@@ -244,6 +246,38 @@ def test_a_head_sent_slowly_is_closed_at_header_timeout_while_others_are_served(
         silent.close(), trickled.close()
 
 
+def test_a_connection_closed_at_header_timeout_is_logged_and_counted(caplog):
+    """Each connection closed at --header-timeout (0.5 s) logs one warning on the server's logger naming the
+    client's address and the seconds waited, and counts in onnxplain_header_timeouts_total; a complete request
+    counts nothing."""
+    app = create_app(explainer(), header_timeout=0.5)
+    caplog.set_level(logging.WARNING, logger="onnxplain.serve")
+    with Live(app) as live, httpx.Client(base_url=live.url, timeout=10) as client:
+        host, port = live.url.removeprefix("http://").split(":")
+        assert "onnxplain_header_timeouts_total 0.0" in client.get("/metrics").text
+        slow = []
+        for _ in range(2):
+            slow.append(socket.create_connection((host, int(port)), timeout=10))
+            slow[-1].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        for connection in slow:
+            closed_within(connection, 2.0)
+        assert health_within(client)["status"] == "ok"
+        assert "onnxplain_header_timeouts_total 2.0" in client.get("/metrics").text
+    lines = [r for r in caplog.records if r.name == "onnxplain.serve" and "request head" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.WARNING] * 2
+    addresses = sorted(f"127.0.0.1:{connection.getsockname()[1]}" for connection in slow)
+    waited = []
+    for record in lines:
+        found = re.fullmatch(r"Closed the connection from (\S+): its request head was not complete after "
+                             r"(\d+\.\d) s \(--header-timeout 0\.5 s\)\.", record.getMessage())
+        assert found, record.getMessage()
+        waited.append((found.group(1), float(found.group(2))))
+    assert sorted(address for address, _ in waited) == addresses
+    assert all(0.5 <= seconds < 1.5 for _, seconds in waited)
+    for connection in slow:
+        connection.close()
+
+
 def test_serve_command_gives_uvicorn_the_header_timeout(monkeypatch, tmp_path):
     """`onnxplain serve --header-timeout 0.7` runs uvicorn with the closing protocol at 0.7 s and the 64 KiB
     head bound."""
@@ -258,6 +292,7 @@ def test_serve_command_gives_uvicorn_the_header_timeout(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "tiny.onnx"), "--header-timeout", "0.7"])
     assert result.exit_code == 0, result.output
     assert issubclass(seen["http"], HeaderTimeout) and seen["http"].header_timeout == 0.7
+    assert seen["http"].closed is seen["app"].state.serve.metrics.header_timeouts
     assert seen["app"].state.config.header_timeout == 0.7 and seen["h11_max_incomplete_event_size"] == 65536
 
 
