@@ -224,14 +224,27 @@ def read_results(out: str | os.PathLike):
     job's folder of Parquet files reads the same (its inline `maps` column dropped)."""
     import pyarrow.parquet as pq
     import pyarrow as pa
-    out = Path(out)
-    if (out / "results.parquet").is_file():
-        return pq.read_table(out / "results.parquet")
-    files = sorted((out / "parts").glob("part-*.parquet")) or sorted(out.glob("*.parquet"))
+    files = result_files(out)
     if not files:
         raise UserError(f"'{out}' holds no job results; run a job into it first.")
     tables = [pq.read_table(f) for f in files]
     return pa.concat_tables([t.drop(["maps"]) if "maps" in t.column_names else t for t in tables])
+
+
+def result_files(out: str | os.PathLike) -> list[Path]:
+    """The Parquet files that hold a job's rows: `results.parquet` when complete, else its parts, else (a Ray
+    job) the folder's own Parquet files; none for a folder without results."""
+    out = Path(out)
+    if (out / "results.parquet").is_file():
+        return [out / "results.parquet"]
+    return sorted((out / "parts").glob("part-*.parquet")) or sorted(out.glob("*.parquet"))
+
+
+def count_errors(out: str | os.PathLike) -> int:
+    """How many error rows a job's results hold (reads only the `error` column)."""
+    import pyarrow.parquet as pq
+    columns = [pq.read_table(f, columns=["error"]).column("error") for f in result_files(out)]
+    return sum(len(c) - c.null_count for c in columns)
 
 
 def iter_maps(out: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
