@@ -69,12 +69,8 @@ class Store:
         self.out = Path(out)
         self.parts, self.maps = self.out / "parts", self.out / "maps"
         self.params_hash = params_hash
-        job = self.out / "job.json"
-        if resume and job.is_file():
-            previous = json.loads(job.read_text(encoding="utf-8")).get("params_hash")
-            if previous != params_hash:
-                raise UserError(f"'{self.out}' holds a job run with other parameters; resume it with the same "
-                                "model and settings, or write to another folder.")
+        if resume and (self.out / "job.json").is_file():
+            check_settings(self.out, params_hash)
             self._clean()
         else:
             for path in (self.parts, self.maps, self.out / "overlays"):
@@ -82,7 +78,7 @@ class Store:
             (self.out / "results.parquet").unlink(missing_ok=True)
         self.parts.mkdir(parents=True, exist_ok=True)
         self.maps.mkdir(parents=True, exist_ok=True)
-        _write_atomic(job, json.dumps({"spec": spec_dict, "params_hash": params_hash}, indent=1).encode())
+        write_settings(self.out, spec_dict, params_hash)
         self.next_index = 1 + max([_index(p) for p in self.parts.glob("part-*.parquet")], default=-1)
 
     def _clean(self) -> None:
@@ -132,6 +128,21 @@ class Store:
                 writer.write_table(pq.read_table(part, schema=schema()))
         os.replace(temp, target)
         return target
+
+
+def check_settings(out: Path, params_hash: str) -> None:
+    """Refuse to resume `out` when its job.json was written with other parameters (both runners): resuming
+    would add a second row per image. A folder without job.json has nothing to check."""
+    job = Path(out) / "job.json"
+    if job.is_file() and json.loads(job.read_text(encoding="utf-8")).get("params_hash") != params_hash:
+        raise UserError(f"'{out}' holds a job run with other parameters; resume it with the same "
+                        "model and settings, or write to another folder.")
+
+
+def write_settings(out: Path, spec_dict: dict, params_hash: str) -> None:
+    """OUT/job.json: the JobSpec and its parameter hash, what check_settings compares a resume with."""
+    _write_atomic(Path(out) / "job.json", json.dumps({"spec": spec_dict, "params_hash": params_hash},
+                                                     indent=1).encode())
 
 
 def finished(files: Iterable[Path], params_hash: str) -> dict[str, dict[str, bool]]:
