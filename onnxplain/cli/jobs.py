@@ -164,21 +164,28 @@ def _on_ray(spec: Any, items: list, out: Path, jobs: JobOptions) -> dict:
     fresh = [r for f in sorted(set(out.glob("*.parquet")) - earlier)   # this run's files, not the old row
              for r in pq.read_table(f, columns=["path", "source", "error"]).to_pylist()]  # of a replaced file
     ErrorRows(0)(fresh)
+    from ..jobs.store import count_errors
+    errors = sum(r["error"] is not None for r in fresh)
     return {"out": str(out), "total": len(items), "done": len(fresh), "skipped": len(items) - len(todo),
-            "errors": sum(r["error"] is not None for r in fresh), "results": None}
+            "errors": errors, "kept": count_errors(out) - errors, "results": None}
 
 
 def summary_line(report: dict, where: str) -> str:
-    """One line: how many images were written, skipped and failed, and where the results are."""
+    """One line: how many images were written, skipped and failed, how many earlier error rows the results
+    still hold, and where the results are."""
     line = f"{report['total']} images: {report['done']} written, {report['skipped']} already done"
     if report["errors"]:
         line += f", {report['errors']} failed (their error rows are in the results; exit code 1)"
+    kept = report.get("kept", 0)
+    if kept:
+        line += (f", {kept} earlier error{'s' if kept > 1 else ''} kept (rerun them with --retry-errors"
+                 f"{'' if report['errors'] else '; exit code 1'})")
     return f"{line} -> {where}"
 
 
 def finish(report: dict, where: str) -> None:
-    """Print the summary line; exit 1 when some image failed."""
+    """Print the summary line; exit 1 while the results hold error rows (this run's or kept from earlier)."""
     click.echo(summary_line(report, where))
-    if report["errors"]:
+    if report["errors"] or report.get("kept", 0):
         click.get_current_context().exit(1)
 

@@ -8,23 +8,25 @@ from typing import Callable, Sequence
 
 from ..errors import UserError
 from .inputs import Item, check_shard, list_inputs, read_bytes, select
-from .store import Store, plan_resume
+from .store import Store, count_errors, plan_resume
 from .work import JobSpec, Worker, build_explainer, default_threads
 
 
 @dataclass
 class JobReport:
-    """What a run did: images written now, skipped as already done, failed (error rows), and where."""
+    """What a run did: images written now, skipped as already done, failed (error rows), and where; `kept`
+    counts the error rows of earlier runs the results still hold (skipped: same bytes, same settings)."""
     out: Path
     total: int
     done: int
     skipped: int
     errors: int
     results: Path | None
+    kept: int = 0
 
     def as_dict(self) -> dict:
         return {"out": str(self.out), "total": self.total, "done": self.done, "skipped": self.skipped,
-                "errors": self.errors, "results": str(self.results) if self.results else None}
+                "errors": self.errors, "kept": self.kept, "results": str(self.results) if self.results else None}
 
 
 def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.PathLike, resume: bool = False,
@@ -82,7 +84,8 @@ def run_job(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
         run_batch()
     if rows:
         store.append(rows, maps)
-    return JobReport(Path(out), len(items), written, skipped, errors, store.consolidate())
+    results = store.consolidate()
+    return JobReport(Path(out), len(items), written, skipped, errors, results, count_errors(out) - errors)
 
 
 def _is_items(inputs) -> bool:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from .inputs import Item, check_shard, list_inputs, select
-from .store import drop_rows, finished, pack_maps, plan_resume, table
+from .store import check_settings, drop_rows, finished, pack_maps, plan_resume, table, write_settings
 from .work import JobSpec, Worker, build_explainer
 
 RESERVE_CPUS = 0.5   # left to Ray Data's own tasks (writes, splits) beside the actors
@@ -82,7 +82,8 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     it connects to that cluster, whose workers must see the image paths and `out` (a shared filesystem).
     `resume` skips the images `out` already holds (`store.resume_state`: same path, content and
     parameters; error rows too unless `retry_errors`); the rows (and overlay files) of a file replaced since,
-    or of one that could not be read, are dropped and it runs again.
+    or of one that could not be read, are dropped and it runs again; `out/job.json` holds the settings, and a
+    resume with others is refused as in-process (`store.check_settings`).
     """
     try:
         import ray
@@ -93,12 +94,14 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
     items = select(items, check_shard(shard))
     out = Path(out)
     if resume:
+        check_settings(out, spec.params_hash())   # the in-process store's check: other settings are refused
         items, stale = pending(items, out, spec.params_hash(), retry_errors)
         drop_rows(sorted(out.glob("*.parquet")), stale, out=out)   # killed after this, those are simply not done
     elif out.is_dir():
         for old in out.glob("*.parquet"):
             old.unlink()
         shutil.rmtree(out / "overlays", ignore_errors=True)
+        (out / "job.json").unlink(missing_ok=True)
     if not items:
         return out
     if not ray.is_initialized():
@@ -116,5 +119,6 @@ def run_ray(spec: JobSpec, inputs: str | os.PathLike | Sequence, out: str | os.P
                                batch_size=spec.batch_size, batch_format="numpy", compute=pool,
                                num_cpus=plan.cpus, **gpus)
     out.mkdir(parents=True, exist_ok=True)
+    write_settings(out, spec.as_dict(), spec.params_hash())
     results.write_parquet(str(out), ray_remote_args={"num_cpus": WRITE_CPUS})
     return out

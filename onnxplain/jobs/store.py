@@ -69,12 +69,8 @@ class Store:
         self.out = Path(out)
         self.parts, self.maps = self.out / "parts", self.out / "maps"
         self.params_hash = params_hash
-        job = self.out / "job.json"
-        if resume and job.is_file():
-            previous = json.loads(job.read_text(encoding="utf-8")).get("params_hash")
-            if previous != params_hash:
-                raise UserError(f"'{self.out}' holds a job run with other parameters; resume it with the same "
-                                "model and settings, or write to another folder.")
+        if resume and (self.out / "job.json").is_file():
+            check_settings(self.out, params_hash)
             self._clean()
         else:
             for path in (self.parts, self.maps, self.out / "overlays"):
@@ -82,7 +78,7 @@ class Store:
             (self.out / "results.parquet").unlink(missing_ok=True)
         self.parts.mkdir(parents=True, exist_ok=True)
         self.maps.mkdir(parents=True, exist_ok=True)
-        _write_atomic(job, json.dumps({"spec": spec_dict, "params_hash": params_hash}, indent=1).encode())
+        write_settings(self.out, spec_dict, params_hash)
         self.next_index = 1 + max([_index(p) for p in self.parts.glob("part-*.parquet")], default=-1)
 
     def _clean(self) -> None:
@@ -132,6 +128,21 @@ class Store:
                 writer.write_table(pq.read_table(part, schema=schema()))
         os.replace(temp, target)
         return target
+
+
+def check_settings(out: Path, params_hash: str) -> None:
+    """Refuse to resume `out` when its job.json was written with other parameters (both runners): resuming
+    would add a second row per image. A folder without job.json has nothing to check."""
+    job = Path(out) / "job.json"
+    if job.is_file() and json.loads(job.read_text(encoding="utf-8")).get("params_hash") != params_hash:
+        raise UserError(f"'{out}' holds a job run with other parameters; resume it with the same "
+                        "model and settings, or write to another folder.")
+
+
+def write_settings(out: Path, spec_dict: dict, params_hash: str) -> None:
+    """OUT/job.json: the JobSpec and its parameter hash, what check_settings compares a resume with."""
+    _write_atomic(Path(out) / "job.json", json.dumps({"spec": spec_dict, "params_hash": params_hash},
+                                                     indent=1).encode())
 
 
 def finished(files: Iterable[Path], params_hash: str) -> dict[str, dict[str, bool]]:
@@ -224,14 +235,27 @@ def read_results(out: str | os.PathLike):
     job's folder of Parquet files reads the same (its inline `maps` column dropped)."""
     import pyarrow.parquet as pq
     import pyarrow as pa
-    out = Path(out)
-    if (out / "results.parquet").is_file():
-        return pq.read_table(out / "results.parquet")
-    files = sorted((out / "parts").glob("part-*.parquet")) or sorted(out.glob("*.parquet"))
+    files = result_files(out)
     if not files:
         raise UserError(f"'{out}' holds no job results; run a job into it first.")
     tables = [pq.read_table(f) for f in files]
     return pa.concat_tables([t.drop(["maps"]) if "maps" in t.column_names else t for t in tables])
+
+
+def result_files(out: str | os.PathLike) -> list[Path]:
+    """The Parquet files that hold a job's rows: `results.parquet` when complete, else its parts, else (a Ray
+    job) the folder's own Parquet files; none for a folder without results."""
+    out = Path(out)
+    if (out / "results.parquet").is_file():
+        return [out / "results.parquet"]
+    return sorted((out / "parts").glob("part-*.parquet")) or sorted(out.glob("*.parquet"))
+
+
+def count_errors(out: str | os.PathLike) -> int:
+    """How many error rows a job's results hold (reads only the `error` column)."""
+    import pyarrow.parquet as pq
+    columns = [pq.read_table(f, columns=["error"]).column("error") for f in result_files(out)]
+    return sum(len(c) - c.null_count for c in columns)
 
 
 def iter_maps(out: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:

@@ -172,7 +172,8 @@ def test_resume_keeps_one_row_per_failed_image_and_retry_errors_runs_them_again(
                    "opencv reads (PNG, JPEG, ...).")
     failed = "(their error rows are in the results; exit code 1)"
     assert explain(model, manifest, "--out", str(out)).exit_code == 1
-    for extra, line, stderr in [((), f"5 images: 1 written, 4 already done, 1 failed {failed}", [unreadable]),
+    kept = "1 earlier error kept (rerun them with --retry-errors)"
+    for extra, line, stderr in [((), f"5 images: 1 written, 4 already done, 1 failed {failed}, {kept}", [unreadable]),
                                 (("--retry-errors",), f"5 images: 2 written, 3 already done, 2 failed {failed}",
                                  [undecodable, unreadable])]:
         result = explain(model, manifest, "--out", str(out), "--resume", *extra)
@@ -186,6 +187,28 @@ def test_resume_keeps_one_row_per_failed_image_and_retry_errors_runs_them_again(
     assert refused.exit_code == 2
     assert refused.output.strip() == ("error: --retry-errors runs a resumed job's error rows again; add --resume "
                                       "(or drop --retry-errors).")
+
+
+def test_a_resume_that_keeps_earlier_error_rows_says_so_and_exits_1(model, photos, tmp_path):
+    """Nothing fails anew, but the corrupt file's error row is still in the results (same bytes: skipped):
+    the summary counts it and the exit code stays the one of a run with errors, until --retry-errors."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i, path in enumerate(sorted(photos.rglob("*.png"))[:2]):
+        (root / f"{i}.png").write_bytes(path.read_bytes())
+    (root / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert explain(model, str(root), "--out", str(out)).exit_code == 1
+    result = explain(model, str(root), "--out", str(out), "--resume")
+    assert result.exit_code == 1
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"3 images: 0 written, 3 already done, 1 earlier error kept (rerun them with --retry-errors; exit code 1) "
+        f"-> {out}")
+    assert [x for x in result.stderr.strip().splitlines() if not x.startswith("warning:")] == []
+    (root / "broken.png").write_bytes((root / "0.png").read_bytes())   # fixed: its row is replaced, none kept
+    fixed = explain(model, str(root), "--out", str(out), "--resume")
+    assert fixed.exit_code == 0, fixed.output
+    assert fixed.stdout.strip().splitlines()[-1] == f"3 images: 1 written, 2 already done -> {out}"
 
 
 def test_two_shards_make_the_whole(model, photos, tmp_path):

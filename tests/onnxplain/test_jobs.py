@@ -456,3 +456,23 @@ def test_an_embed_job_stores_the_vectors_features_embed_gives(tmp_path, model):
         relative = Path(name).resolve().relative_to((tmp_path / "imgs").resolve()).as_posix() \
             if Path(name).is_absolute() else name
         np.testing.assert_allclose(stored[f"{relative}::embed::{layer}"], vector, rtol=1e-5, atol=1e-7)
+
+
+def test_resuming_a_ray_folder_with_other_settings_is_refused_like_in_process(tmp_path, model, local_ray):
+    """A Ray folder keeps its settings in job.json, checked as the in-process store checks them: a resume with
+    another method's parameters is the same one sentence and leaves the folder's one row per image."""
+    import re
+    from onnxplain.jobs import run_ray
+    write_images(tmp_path / "imgs", 2)
+    spec = spec_for(model, batch_size=2)
+    other = spec_for(model, batch_size=2, params={"occlusion": {"window": 16, "stride": 16}})
+    assert other.params_hash() != spec.params_hash()
+    run_job(spec, tmp_path / "imgs", tmp_path / "local")
+    run_ray(spec, tmp_path / "imgs", tmp_path / "ray", actors=1)
+    assert json.loads((tmp_path / "ray" / "job.json").read_text())["params_hash"] == spec.params_hash()
+    for out, runner in ((tmp_path / "local", run_job), (tmp_path / "ray", run_ray)):
+        sentence = (f"'{out}' holds a job run with other parameters; resume it with the same model and settings, "
+                    "or write to another folder.")
+        with pytest.raises(UserError, match=f"^{re.escape(sentence)}$"):
+            runner(other, tmp_path / "imgs", out, resume=True)
+    assert sorted(r["path"] for r in read_results(tmp_path / "ray").to_pylist()) == ["a/0.png", "b/0.png"]
