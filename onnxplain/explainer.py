@@ -391,7 +391,7 @@ class Explainer:
         upsampled, heatmap = heatmaps.add(raw)  # made on first read; outside the crop (not seen) 0
         extras = dict(extras)
         warnings = tuple(extras.pop("warnings", ())) + tuple(checks)  # the method's, then the map's
-        if self.model.weight_note and "+inf" in self.model.weight_note:  # -inf alone (masks) is only inspect's
+        if self.model.weight_suspect:  # +inf weights; -inf alone (attention masks) is only inspect's
             warnings += (self.model.weight_note,)
         return Attribution(method=cls.name, params=asdict(params), target=target.describe(), layer=layer,
                            raw=raw, upsampled=upsampled, heatmap=heatmap, valid=heatmaps.valid,

@@ -15,21 +15,21 @@ CHANNELS = 4
 
 
 def warp_stack(maps: list[np.ndarray], pixel_map: PixelMap) -> list[np.ndarray]:
-    """`pixel_map.to_original` of each (H, W) map at model-input size, in one warp per four maps."""
-    (h, w), (oh, ow) = pixel_map.input_hw, pixel_map.original_hw
+    """`pixel_map.to_original` of each (h, w) map, in one warp per four maps (each resized to the model input
+    alone first: a multi-channel resize is not bit-equal to one resize per map)."""
+    (h, w) = pixel_map.input_hw
     maps = [m if m.shape[:2] == (h, w) else cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
             for m in maps]
     warped: list[np.ndarray] = []
     for start in range(0, len(maps), CHANNELS):
-        chunk = [m.astype(np.float32, copy=False) for m in maps[start:start + CHANNELS]]
+        chunk = maps[start:start + CHANNELS]
         if len(chunk) == 1:
             warped.append(pixel_map.to_original(chunk[0]))
             continue
-        stack = np.zeros(chunk[0].shape + (CHANNELS,), np.float32)  # a 2-channel stack is padded to 4
+        stack = np.zeros(chunk[0].shape[:2] + (CHANNELS,), np.float32)  # a 2-channel stack is padded to 4
         for c, m in enumerate(chunk):
             stack[:, :, c] = m
-        out = cv2.warpAffine(stack, pixel_map.matrix, (ow, oh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REPLICATE)
+        out = pixel_map.to_original(stack)
         warped.extend(out[:, :, c] for c in range(len(chunk)))
     return warped
 

@@ -71,10 +71,10 @@ def _ort_refusal(opset: int) -> str | None:
     return None
 
 
-def check_finite_weights(proto: onnx.ModelProto) -> str | None:
+def check_finite_weights(proto: onnx.ModelProto) -> tuple[str | None, bool]:
     """Refuse weights holding NaN (one sentence naming the first); infinities give one sentence (None: none),
-    naming how many float tensors hold them and the first: -inf alone is what attention masks use, +inf is
-    likely a bug. Checked once per load."""
+    naming how many float tensors hold them and the first, and whether it is suspect: -inf alone is what
+    attention masks use, +inf is likely a bug. Checked once per load."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -96,7 +96,7 @@ def check_finite_weights(proto: onnx.ModelProto) -> str | None:
         infinite.append((tensor.name, int(bad.sum())))
         positive = positive or bool((values == np.inf).any())
     if not infinite:
-        return None
+        return None, False
     (name, count), tensors_count = infinite[0], len(infinite)
     where = f"{tensors_count} tensor{'s' if tensors_count > 1 else ''}"
     first = f"the first '{name}' with {count} value{'s' if count > 1 else ''}"
@@ -106,7 +106,7 @@ def check_finite_weights(proto: onnx.ModelProto) -> str | None:
     else:
         note = f"The model's weights hold -inf in {where} (attention masks use it; {first})."
     (log.warning if positive else log.info)(note)
-    return note
+    return note, positive
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)

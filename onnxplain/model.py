@@ -99,6 +99,7 @@ class Model:
     """An ONNX model loaded, checked and indexed; never modified after load."""
 
     weight_note: str | None = None  # one sentence on infinite weights (loading.check_finite_weights), if any
+    weight_suspect: bool = False    # the note is about +inf (likely an export bug), not -inf masks
 
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None,
                  probe_size: tuple[int, int] | None = None, like: "Model | None" = None):
@@ -122,9 +123,9 @@ class Model:
         proto, path = read_proto(source)
         check_opset(proto)
         load_external_data(proto, path.parent if path else None)
-        note = check_finite_weights(proto)
+        note, suspect = check_finite_weights(proto)
         model = cls(proto, path, probe_size)
-        model.weight_note = note
+        model.weight_note, model.weight_suspect = note, suspect
         return model
 
     def reweighted(self, proto: onnx.ModelProto) -> "Model":
